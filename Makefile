@@ -1,0 +1,31 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+# Both create .venv themselves: torch==2.13.0 first (the local CPU wheel), then the project.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: venv
+	$(PY) examples/mnist_mlp.py --demo
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: venv
+	$(PY) benchmarks/optim_step.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,34 @@
+"""archdiscover: discover compact neural architectures by sparse Bregman training.
+
+The training core:
+
+* :mod:`archdiscover.optim` -- ``LinBreg``, ``AdaBreg``, ``ProxSGD`` (``torch.optim`` optimizers);
+* :mod:`archdiscover.regularizers` -- ``L1``, ``GroupL12``, ``Null``;
+* :mod:`archdiscover.init` -- ``sparse_init_``;
+* :mod:`archdiscover.schedule` -- ``LamScheduler``;
+* :mod:`archdiscover.sparsity` -- ``report``.
+"""
+
+from .init import sparse_init_
+from .optim import AdaBreg, LinBreg, ProxSGD, RegularizedOptimizer
+from .regularizers import L1, GroupL12, Null, Regularizer
+from .schedule import LamScheduler
+from .sparsity import SparsityReport
+from .sparsity import report as sparsity_report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "L1",
+    "AdaBreg",
+    "GroupL12",
+    "LamScheduler",
+    "LinBreg",
+    "Null",
+    "ProxSGD",
+    "RegularizedOptimizer",
+    "Regularizer",
+    "SparsityReport",
+    "sparse_init_",
+    "sparsity_report",
+]

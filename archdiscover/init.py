@@ -1,0 +1,110 @@
+"""Sparse initialization: start the inverse scale space from very few active parameters.
+
+The paper (Sec. 4.1) masks a Kaiming-normal initialization with a random mask of density
+``r`` and multiplies the variance by ``1 / r``, so the forward signal variance of a layer
+matches that of the dense initialization: a unit sums ``r * fan_in`` non-zero terms of
+variance ``gain^2 / (r * fan_in)`` instead of ``fan_in`` terms of ``gain^2 / fan_in``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .regularizers import L1, Regularizer
+
+__all__ = ["sparse_init_"]
+
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+             nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _fan_in(module: nn.Module) -> int:
+    """Inputs summed into one output value (for a transposed conv, per output pixel)."""
+    w = module.weight
+    if isinstance(module, nn.Linear):
+        return w.shape[1]
+    receptive = math.prod(w.shape[2:])
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        # weight (in, out/groups, k...): each output pixel sees about in*k^d/stride^d inputs
+        stride = math.prod(module.stride)
+        return max(1, round(w.shape[0] * receptive / stride / module.groups))
+    return w.shape[1] * receptive
+
+
+def sparse_init_(model: nn.Module, density: float,
+                 reg: Regularizer | Mapping[str, Regularizer] | Optimizer | None = None, *,
+                 nonlinearity: str = "relu", zero_bias: bool = True,
+                 generator: torch.Generator | None = None) -> nn.Module:
+    r"""Re-initialize the weights of ``model``'s Linear/Conv/ConvTranspose layers sparsely.
+
+    Each weight ``W`` (fan-in ``n``) becomes ``M * N(0, gain^2 / (n * density))``, where the
+    mask ``M`` keeps ``max(1, round(density * n_groups))`` random groups of the regularizer
+    that acts on ``W``: single entries for :class:`~archdiscover.regularizers.L1`, rows /
+    channels / kernels for :class:`~archdiscover.regularizers.GroupL12`. A weight whose
+    regularizer is :class:`~archdiscover.regularizers.Null` gets the dense Kaiming init
+    (density 1); a weight not covered at all (a mapping without its name, an optimizer
+    without it) is left untouched.
+
+    Args:
+        model: the network; modified in place and returned.
+        density: fraction of groups kept, in ``(0, 1]`` (the paper uses 0.01).
+        reg: where the groups come from: ``None`` (entries of every weight, as ``L1``), one
+            regularizer for every weight, a mapping from *module* names (as in
+            ``model.named_modules()``) to regularizers, or the optimizer that will train
+            ``model`` (each weight takes its param group's ``"reg"``).
+        nonlinearity: passed to :func:`torch.nn.init.calculate_gain`.
+        zero_bias: set the biases of the re-initialized layers to zero.
+        generator: for reproducible masks and values.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 10))
+        >>> opt = LinBreg([{"params": [model[0].weight, model[2].weight], "reg": L1(0.1)},
+        ...                {"params": [model[0].bias, model[2].bias]}], lr=0.1)
+        >>> sparse_init_(model, density=0.01, reg=opt)  # 1% of the weights non-zero
+    """
+    if not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
+        raise ValueError(f"sparse_init_: density must be in (0, 1], got {density!r}")
+    if isinstance(reg, Mapping):
+        modules = dict(model.named_modules())
+        unknown = sorted(set(reg) - set(modules))
+        if unknown:
+            raise ValueError(f"sparse_init_: no module named {unknown[0]!r} in the model")
+    by_param: dict[Tensor, Regularizer] = {}
+    if isinstance(reg, Optimizer):
+        for group in reg.param_groups:
+            group_reg = group.get("reg")
+            for p in group["params"]:
+                if isinstance(group_reg, Regularizer):
+                    by_param[p] = group_reg
+    gain = nn.init.calculate_gain(nonlinearity)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, _WEIGHTED):
+                continue
+            if reg is None:
+                r: Regularizer | None = L1(0.0)
+            elif isinstance(reg, Regularizer):
+                r = reg
+            elif isinstance(reg, Optimizer):
+                r = by_param.get(module.weight)
+            elif isinstance(reg, Mapping):
+                r = reg.get(name)
+            else:
+                raise ValueError(f"sparse_init_: reg must be None, a Regularizer, a mapping of "
+                                 f"module names to regularizers or an Optimizer, got {reg!r}")
+            if r is None:
+                continue
+            w = module.weight
+            mask = r.group_mask(w.shape, density, generator)
+            kept = mask.float().mean().item()
+            std = gain / math.sqrt(_fan_in(module) * kept)
+            values = torch.randn(w.shape, generator=generator, dtype=w.dtype) * std
+            w.copy_((values * mask).to(w.device))
+            if zero_bias and module.bias is not None:
+                module.bias.zero_()
+    return model
