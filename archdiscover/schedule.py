@@ -1,13 +1,19 @@
 """A regularization-strength scheduler that steers ``lam`` toward a target density.
 
 The paper's discrepancy-principle idea, applied to sparsity: regularization is a
-means, the size of the network the end. After each epoch the density ``d`` of the
-regularized parameters is compared with the target ``d*``:
+means, the size of the network the end. Bregman training is an inverse scale space: the
+density grows by itself, and ``lam`` sets how fast (a weight enters when its accumulated
+gradient passes ``lam``) and how easily a weight falls back to zero. After each epoch the
+density ``d`` of the regularized parameters is compared with the target ``d*`` and with
+the density ``d_prev`` one step before:
 
-* ``d > d* (1 + tol)``: too dense, every regularized group's ``lam`` is multiplied by
-  ``factor``;
-* ``d < d* (1 - tol)``: too sparse, ``lam`` is divided by ``factor``;
-* otherwise ``lam`` stays.
+* ``d > d* (1 + tol)`` and not falling (``d >= d_prev``): too dense, every regularized
+  group's ``lam`` is multiplied by ``factor``;
+* ``d < d* (1 - tol)`` and stalled (``d <= d_prev (1 + growth)``): too sparse and not
+  growing toward the target, ``lam`` is divided by ``factor``;
+* otherwise ``lam`` stays: inside the band, or already moving the right way. (Lowering
+  ``lam`` while the density still grows would only overshoot; raising it while the density
+  already falls would only run ``lam`` away.)
 
 Strengths change through :meth:`RegularizedOptimizer.set_reg`, which rewrites the
 Bregman subgradients ``v`` so the current parameters stay a fixed point of the new prox:
@@ -38,6 +44,7 @@ class LamScheduler:
             (or whatever ``step(density)`` is given, e.g. a FLOPs fraction).
         factor: the multiplicative step, ``> 1``.
         tolerance: relative band around ``target`` where nothing changes, in ``[0, 1)``.
+        growth: relative growth per step below which a too-sparse run counts as stalled.
         min_lam, max_lam: bounds on every steered ``lam``.
 
     Example:
@@ -48,7 +55,8 @@ class LamScheduler:
     """
 
     def __init__(self, optimizer: RegularizedOptimizer, target: float, *, factor: float = 1.5,
-                 tolerance: float = 0.1, min_lam: float = 1e-8, max_lam: float = 1e4) -> None:
+                 tolerance: float = 0.1, growth: float = 0.02, min_lam: float = 1e-8,
+                 max_lam: float = 1e4) -> None:
         if not isinstance(optimizer, RegularizedOptimizer):
             raise ValueError(f"LamScheduler: optimizer must be an archdiscover optimizer "
                              f"(LinBreg, AdaBreg, ProxSGD), got {type(optimizer).__name__}")
@@ -58,11 +66,14 @@ class LamScheduler:
             raise ValueError(f"LamScheduler: factor must be a finite number > 1, got {factor!r}")
         if not 0.0 <= tolerance < 1.0:
             raise ValueError(f"LamScheduler: tolerance must be in [0, 1), got {tolerance!r}")
+        if not growth >= 0.0:
+            raise ValueError(f"LamScheduler: growth must be >= 0, got {growth!r}")
         if not 0.0 < min_lam <= max_lam:
             raise ValueError(f"LamScheduler: need 0 < min_lam <= max_lam, got "
                              f"min_lam={min_lam!r}, max_lam={max_lam!r}")
         self.optimizer = optimizer
         self.target, self.factor, self.tolerance = float(target), float(factor), float(tolerance)
+        self.growth = float(growth)
         self.min_lam, self.max_lam = float(min_lam), float(max_lam)
         self.groups = [i for i, g in enumerate(optimizer.param_groups) if not g["reg"].is_null]
         if not self.groups:
@@ -91,10 +102,11 @@ class LamScheduler:
         Returns the factor applied to ``lam`` (``1.0`` when inside the band).
         """
         d = self.density() if density is None else float(density)
-        self.last_density, self.steps = d, self.steps + 1
-        if d > self.target * (1.0 + self.tolerance):
+        prev, self.last_density, self.steps = self.last_density, d, self.steps + 1
+        if d > self.target * (1.0 + self.tolerance) and (prev is None or d >= prev):
             mult = self.factor
-        elif d < self.target * (1.0 - self.tolerance):
+        elif (d < self.target * (1.0 - self.tolerance) and prev is not None
+              and d <= prev * (1.0 + self.growth)):
             mult = 1.0 / self.factor
         else:
             return 1.0
