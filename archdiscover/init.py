@@ -19,8 +19,15 @@ from .regularizers import L1, Regularizer
 
 __all__ = ["sparse_init_"]
 
-_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
-             nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_WEIGHTED = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
 
 
 def _fan_in(module: nn.Module) -> int:
@@ -36,10 +43,15 @@ def _fan_in(module: nn.Module) -> int:
     return w.shape[1] * receptive
 
 
-def sparse_init_(model: nn.Module, density: float,
-                 reg: Regularizer | Mapping[str, Regularizer] | Optimizer | None = None, *,
-                 nonlinearity: str = "relu", zero_bias: bool = True,
-                 generator: torch.Generator | None = None) -> nn.Module:
+def sparse_init_(
+    model: nn.Module,
+    density: float,
+    reg: Regularizer | Mapping[str, Regularizer] | Optimizer | None = None,
+    *,
+    nonlinearity: str = "relu",
+    zero_bias: bool = True,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
     r"""Re-initialize the weights of ``model``'s Linear/Conv/ConvTranspose layers sparsely.
 
     Each weight ``W`` (fan-in ``n``) becomes ``M * N(0, gain^2 / (n * density))``, where the
@@ -95,8 +107,10 @@ def sparse_init_(model: nn.Module, density: float,
             elif isinstance(reg, Mapping):
                 r = reg.get(name)
             else:
-                raise ValueError(f"sparse_init_: reg must be None, a Regularizer, a mapping of "
-                                 f"module names to regularizers or an Optimizer, got {reg!r}")
+                raise ValueError(
+                    f"sparse_init_: reg must be None, a Regularizer, a mapping of "
+                    f"module names to regularizers or an Optimizer, got {reg!r}"
+                )
             if r is None:
                 continue
             w = module.weight

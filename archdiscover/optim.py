@@ -86,16 +86,23 @@ class RegularizedOptimizer(Optimizer):
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
         lr = group["lr"]
-        _check(isinstance(lr, Tensor) or _is_real(lr), where,
-               f"lr must be a finite real number, got {lr!r}")
+        _check(
+            isinstance(lr, Tensor) or _is_real(lr),
+            where,
+            f"lr must be a finite real number, got {lr!r}",
+        )
         _check(float(lr) >= 0.0, where, f"invalid learning rate lr={float(lr)} (must be >= 0)")
         if "delta" in group:
             delta = group["delta"]
-            _check(_is_real(delta) and delta > 0, where,
-                   f"invalid delta={delta!r} (must be a finite number > 0)")
+            _check(
+                _is_real(delta) and delta > 0,
+                where,
+                f"invalid delta={delta!r} (must be a finite number > 0)",
+            )
 
-    def set_reg(self, group: int | dict[str, Any], reg: Regularizer | Mapping[str, Any] | None
-                ) -> None:
+    def set_reg(
+        self, group: int | dict[str, Any], reg: Regularizer | Mapping[str, Any] | None
+    ) -> None:
         """Replace the regularizer of ``group`` (an index or a param group dict).
 
         Bregman optimizers also rewrite their subgradients ``v`` so that the current
@@ -120,8 +127,9 @@ class RegularizedOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         for i, g in enumerate(self.param_groups):
-            g["reg"] = as_regularizer(g.get("reg"),
-                                      where=f"{type(self).__name__} state_dict group {i}")
+            g["reg"] = as_regularizer(
+                g.get("reg"), where=f"{type(self).__name__} state_dict group {i}"
+            )
 
     # -- helpers ----------------------------------------------------------------------------------
     def _params_with_grad(self, group: dict[str, Any]) -> list[Tensor]:
@@ -130,8 +138,10 @@ class RegularizedOptimizer(Optimizer):
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
-                                   f"(parameter of shape {tuple(p.shape)})")
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients "
+                    f"(parameter of shape {tuple(p.shape)})"
+                )
             out.append(p)
         return out
 
@@ -194,8 +204,7 @@ def _own_compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     a copy per optimizer keeps optimizers from evicting one another's graphs.
     """
     code = fn.__code__.replace()
-    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__,
-                              fn.__closure__)
+    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     copy.__kwdefaults__ = fn.__kwdefaults__
     return torch.compile(copy, fullgraph=True, dynamic=False)
 
@@ -207,8 +216,9 @@ class _FusedMixin:
 
     def _init_fused(self, fused: bool | None, kernel: Callable[..., Any]) -> None:
         if fused not in (None, True, False):
-            raise ValueError(f"{type(self).__name__}: fused must be None, True or False, "
-                             f"got {fused!r}")
+            raise ValueError(
+                f"{type(self).__name__}: fused must be None, True or False, got {fused!r}"
+            )
         self._fused = fused
         self._kernel_src = kernel
         self._compiled: Callable[..., Any] | None = None
@@ -219,7 +229,10 @@ class _FusedMixin:
             return False
         if torch.compiler.is_compiling():  # the user compiles the whole step: stay traceable
             return False
-        if self._fused is None and not _compiler_available(params[0].device):
+        device = params[0].device
+        if any(p.device != device for p in params):
+            return False
+        if self._fused is None and not _compiler_available(device):
             return False
         return True
 
@@ -233,33 +246,51 @@ class _FusedMixin:
             if self._fused is True:
                 raise
             self._fused_failed = True
-            warnings.warn(f"{type(self).__name__}: torch.compile of the update failed "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                          f"using the plain path", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{type(self).__name__}: torch.compile of the update failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"using the plain path",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return False
         return True
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # type: ignore[misc]
-        state.update(_fused=self._fused, _kernel_src=self._kernel_src, _compiled=None,
-                     _fused_failed=self._fused_failed)
+        state.update(
+            _fused=self._fused,
+            _kernel_src=self._kernel_src,
+            _compiled=None,
+            _fused_failed=self._fused_failed,
+        )
         return state
 
 
 # ---------------------------------------------------------------------------------------------
 # LinBreg
 # ---------------------------------------------------------------------------------------------
-def _linbreg_kernel(params: list[Tensor], grads: list[Tensor], vs: list[Tensor],
-                    bufs: list[Tensor], specs: list[tuple[str, tuple[int, ...]]], hyper: Tensor,
-                    use_momentum: bool, nesterov: bool) -> None:
+def _linbreg_kernel(
+    params: list[Tensor],
+    grads: list[Tensor],
+    vs: list[Tensor],
+    bufs: list[Tensor],
+    specs: list[tuple[str, tuple[int, ...]]],
+    flags: list[tuple[bool, bool]],
+    hyper: Tensor,
+) -> None:
     """One fused pass per tensor: momentum, ``v -= lr * d``, ``theta = prox(delta v)``.
 
-    ``hyper = [lr, delta, momentum, dampening, t_0, t_1, ...]`` (``t_i``: the prox threshold
-    of tensor ``i`` per unit step) is a tensor, so new values never trigger a recompile.
+    Tensor ``i`` (of any param group) reads its scalars from
+    ``hyper[5i : 5i + 5] = [lr, delta, momentum, dampening, t]`` (``t``: the prox threshold
+    per unit step), a tensor, so new values never trigger a recompile; ``flags[i]`` is
+    ``(use_momentum, nesterov)``.
     """
-    lr, delta, momentum, dampening = hyper[0], hyper[1], hyper[2], hyper[3]
     for i in range(len(params)):
+        lr, delta, momentum = hyper[5 * i], hyper[5 * i + 1], hyper[5 * i + 2]
+        dampening, t = hyper[5 * i + 3], hyper[5 * i + 4]
         g = grads[i]
+        use_momentum, nesterov = flags[i]
         if use_momentum:
             buf = bufs[i] * momentum + g * (1.0 - dampening)
             bufs[i].copy_(buf)
@@ -269,13 +300,40 @@ def _linbreg_kernel(params: list[Tensor], grads: list[Tensor], vs: list[Tensor],
         v = vs[i] - d * lr
         vs[i].copy_(v)
         kind, dims = specs[i]
-        params[i].copy_(_shrink(v * delta, kind, hyper[4 + i] * delta, dims))
+        params[i].copy_(_shrink(v * delta, kind, t * delta, dims))
 
 
 def _hyper(values: list[float], params: list[Tensor]) -> Tensor:
     """The scalars of a fused step as one small tensor on the parameters' device."""
     dtype = params[0].dtype if all(p.dtype == params[0].dtype for p in params) else torch.float64
     return torch.tensor(values, dtype=dtype).to(params[0].device, non_blocking=True)
+
+
+class _FusedBatch:
+    """The tensors of every param group that takes the fused path in one step.
+
+    One compiled call per step, over all groups, keeps the per-call overhead (guards,
+    launch) from multiplying with the number of param groups.
+    """
+
+    def __init__(self) -> None:
+        self.groups: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
+        self.lists: list[list[Any]] = []
+        self.hyper: list[float] = []
+
+    def add(
+        self,
+        group: dict[str, Any],
+        plain_args: tuple[Any, ...],
+        lists: list[list[Any]],
+        hyper: list[float],
+    ) -> None:
+        self.groups.append((group, plain_args))
+        if not self.lists:
+            self.lists = [[] for _ in lists]
+        for acc, xs in zip(self.lists, lists, strict=True):
+            acc.extend(xs)
+        self.hyper.extend(hyper)
 
 
 class LinBreg(_FusedMixin, RegularizedOptimizer):
@@ -309,11 +367,21 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
         >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10)
     """
 
-    def __init__(self, params: ParamsT, lr: float, reg: Regularizer | None = None,
-                 delta: float = 1.0, momentum: float = 0.0, dampening: float = 0.0,
-                 nesterov: bool = False, *, fused: bool | None = None) -> None:
-        defaults = dict(lr=lr, reg=reg, delta=delta, momentum=momentum, dampening=dampening,
-                        nesterov=nesterov)
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        reg: Regularizer | None = None,
+        delta: float = 1.0,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        *,
+        fused: bool | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, reg=reg, delta=delta, momentum=momentum, dampening=dampening, nesterov=nesterov
+        )
         self._init_fused(fused, _linbreg_kernel)
         super().__init__(params, defaults)
 
@@ -321,13 +389,18 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
         super()._validate_group(group, where)
         m, d = group["momentum"], group["dampening"]
         _check(_is_real(m) and m >= 0.0, where, f"invalid momentum={m!r} (must be >= 0)")
-        _check(_is_real(d) and 0.0 <= d <= 1.0, where,
-               f"invalid dampening={d!r} (must be in [0, 1])")
-        _check(not group["nesterov"] or (m > 0 and d == 0), where,
-               "nesterov momentum requires momentum > 0 and dampening = 0")
+        _check(
+            _is_real(d) and 0.0 <= d <= 1.0, where, f"invalid dampening={d!r} (must be in [0, 1])"
+        )
+        _check(
+            not group["nesterov"] or (m > 0 and d == 0),
+            where,
+            "nesterov momentum requires momentum > 0 and dampening = 0",
+        )
 
-    def _init_group(self, group: dict[str, Any]
-                    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor | None]]:
+    def _init_group(
+        self, group: dict[str, Any]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor | None]]:
         params = self._params_with_grad(group)
         grads, vs, bufs = [], [], []
         reg, delta = group["reg"], group["delta"]
@@ -343,41 +416,69 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        batch = _FusedBatch()
         for group in self.param_groups:
             params, grads, vs, bufs = self._init_group(group)
             if not params:
                 continue
-            lr, delta, mom = float(group["lr"]), group["delta"], group["momentum"]
-            damp, nesterov, reg = group["dampening"], group["nesterov"], group["reg"]
-            specs = [_prox_spec(reg, p) for p in params]
+            specs = [_prox_spec(group["reg"], p) for p in params]
+            mom = group["momentum"]
             fresh = mom != 0.0 and any(b is None for b in bufs)
             if not fresh and self._use_fused(params, specs):
-                hyper = _hyper([lr, delta, mom, damp] + [s[1] for s in specs], params)
-                if self._run_fused(params, grads, vs, bufs if mom != 0.0 else [],
-                                   [(s[0], s[2]) for s in specs], hyper, mom != 0.0, nesterov):
-                    continue
-            # plain path: torch._foreach_* for the linear part, one vectorized prox per tensor
-            if mom != 0.0:
-                old = [i for i, b in enumerate(bufs) if b is not None]
-                if old:
-                    ob = [bufs[i] for i in old]
-                    torch._foreach_mul_(ob, mom)
-                    torch._foreach_add_(ob, [grads[i] for i in old], alpha=1.0 - damp)
-                for i, p in enumerate(params):
-                    if bufs[i] is None:
-                        bufs[i] = grads[i].detach().clone()
-                        self.state[p]["momentum_buffer"] = bufs[i]
-                d = torch._foreach_add(grads, bufs, alpha=mom) if nesterov else bufs
+                lr, delta, damp = float(group["lr"]), group["delta"], group["dampening"]
+                # without momentum the kernel never reads bufs[i]: any tensor holds the place
+                placeholders = [b if b is not None else g for b, g in zip(bufs, grads, strict=True)]
+                batch.add(
+                    group,
+                    (params, grads, vs, bufs),
+                    [
+                        params,
+                        grads,
+                        vs,
+                        placeholders,
+                        [(sp[0], sp[2]) for sp in specs],
+                        [(mom != 0.0, group["nesterov"])] * len(params),
+                    ],
+                    [x for sp in specs for x in (lr, delta, mom, damp, sp[1])],
+                )
             else:
-                d = grads
-            torch._foreach_add_(vs, d, alpha=-lr)
-            _apply_prox_(params, vs, delta, reg)
+                self._plain_update(group, params, grads, vs, bufs)
+        if batch.groups and not self._run_fused(*batch.lists, _hyper(batch.hyper, batch.lists[0])):
+            for group, args in batch.groups:
+                self._plain_update(group, *args)
         return loss
+
+    def _plain_update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        vs: list[Tensor],
+        bufs: list[Tensor | None],
+    ) -> None:
+        """``torch._foreach_*`` for the linear part, one vectorized prox per tensor."""
+        lr, delta, mom = float(group["lr"]), group["delta"], group["momentum"]
+        damp, nesterov = group["dampening"], group["nesterov"]
+        if mom != 0.0:
+            old = [i for i, b in enumerate(bufs) if b is not None]
+            if old:
+                ob = [bufs[i] for i in old]
+                torch._foreach_mul_(ob, mom)
+                torch._foreach_add_(ob, [grads[i] for i in old], alpha=1.0 - damp)
+            for i, p in enumerate(params):
+                if bufs[i] is None:
+                    bufs[i] = grads[i].detach().clone()
+                    self.state[p]["momentum_buffer"] = bufs[i]
+            d = torch._foreach_add(grads, bufs, alpha=mom) if nesterov else bufs
+        else:
+            d = grads
+        torch._foreach_add_(vs, d, alpha=-lr)
+        _apply_prox_(params, vs, delta, group["reg"])
 
     def _reg_changed(self, group: dict[str, Any], old: Regularizer, new: Regularizer) -> None:
         """Keep ``theta`` a fixed point: ``v = theta/delta + p`` with ``p in dJ_new(theta)``.
@@ -389,8 +490,12 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
         _rebase_subgradients(self.state, group, old, new)
 
 
-def _rebase_subgradients(state: Mapping[Tensor, dict[str, Any]], group: dict[str, Any],
-                         old: Regularizer, new: Regularizer) -> None:
+def _rebase_subgradients(
+    state: Mapping[Tensor, dict[str, Any]],
+    group: dict[str, Any],
+    old: Regularizer,
+    new: Regularizer,
+) -> None:
     delta = group["delta"]
     with torch.no_grad():
         for p in group["params"]:
@@ -408,18 +513,25 @@ def _rebase_subgradients(state: Mapping[Tensor, dict[str, Any]], group: dict[str
 # ---------------------------------------------------------------------------------------------
 # AdaBreg
 # ---------------------------------------------------------------------------------------------
-def _adabreg_kernel(params: list[Tensor], grads: list[Tensor], vs: list[Tensor],
-                    exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                    specs: list[tuple[str, tuple[int, ...]]], hyper: Tensor) -> None:
+def _adabreg_kernel(
+    params: list[Tensor],
+    grads: list[Tensor],
+    vs: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    specs: list[tuple[str, tuple[int, ...]]],
+    hyper: Tensor,
+) -> None:
     """One fused pass per tensor: Adam moments, ``v -= step * m / (sqrt(s) + eps)``, prox.
 
-    ``hyper = [beta1, beta2, eps, delta]`` followed by ``step_size_i``, ``bc2_sqrt_i`` and the
-    prox threshold ``t_i`` of each tensor ``i`` (three per tensor).
+    Tensor ``i`` reads ``hyper[7i : 7i + 7] =
+    [beta1, beta2, eps, delta, lr / (1 - beta1^k), sqrt(1 - beta2^k), t]``.
     """
-    beta1, beta2, eps, delta = hyper[0], hyper[1], hyper[2], hyper[3]
     for i in range(len(params)):
+        beta1, beta2 = hyper[7 * i], hyper[7 * i + 1]
+        eps, delta = hyper[7 * i + 2], hyper[7 * i + 3]
+        step_size, bc2_sqrt, t = hyper[7 * i + 4], hyper[7 * i + 5], hyper[7 * i + 6]
         g = grads[i]
-        step_size, bc2_sqrt, t = hyper[4 + 3 * i], hyper[5 + 3 * i], hyper[6 + 3 * i]
         m = exp_avgs[i] + (g - exp_avgs[i]) * (1.0 - beta1)
         s = exp_avg_sqs[i] * beta2 + g * g * (1.0 - beta2)
         exp_avgs[i].copy_(m)
@@ -455,9 +567,17 @@ class AdaBreg(_FusedMixin, RegularizedOptimizer):
         >>> opt = AdaBreg(model.parameters(), lr=1e-3, reg=GroupL12(0.05))
     """
 
-    def __init__(self, params: ParamsT, lr: float = 1e-3, reg: Regularizer | None = None,
-                 delta: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, *, fused: bool | None = None) -> None:
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        reg: Regularizer | None = None,
+        delta: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        *,
+        fused: bool | None = None,
+    ) -> None:
         defaults = dict(lr=lr, reg=reg, delta=delta, betas=betas, eps=eps)
         self._init_fused(fused, _adabreg_kernel)
         super().__init__(params, defaults)
@@ -465,21 +585,31 @@ class AdaBreg(_FusedMixin, RegularizedOptimizer):
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
         super()._validate_group(group, where)
         betas = group["betas"]
-        _check(isinstance(betas, (tuple, list)) and len(betas) == 2, where,
-               f"betas must be a pair (beta1, beta2), got {betas!r}")
+        _check(
+            isinstance(betas, (tuple, list)) and len(betas) == 2,
+            where,
+            f"betas must be a pair (beta1, beta2), got {betas!r}",
+        )
         for i, b in enumerate(betas):
-            _check(_is_real(b) and 0.0 <= b < 1.0, where,
-                   f"invalid beta parameter at index {i}: {b!r} (must be in [0, 1))")
-        _check(_is_real(group["eps"]) and group["eps"] >= 0.0, where,
-               f"invalid eps={group['eps']!r} (must be >= 0)")
+            _check(
+                _is_real(b) and 0.0 <= b < 1.0,
+                where,
+                f"invalid beta parameter at index {i}: {b!r} (must be in [0, 1))",
+            )
+        _check(
+            _is_real(group["eps"]) and group["eps"] >= 0.0,
+            where,
+            f"invalid eps={group['eps']!r} (must be >= 0)",
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        batch = _FusedBatch()
         for group in self.param_groups:
             params = self._params_with_grad(group)
             if not params:
@@ -501,27 +631,50 @@ class AdaBreg(_FusedMixin, RegularizedOptimizer):
                 ss.append(st["exp_avg_sq"])
                 steps.append(st["step"])
             torch._foreach_add_(steps, 1.0)
-            ks = [float(s.item()) for s in steps]
+            ks = [float(s.item()) for s in steps]  # CPU scalars: no device sync
             step_sizes = [lr / (1.0 - beta1**k) for k in ks]
             bc2_sqrts = [(1.0 - beta2**k) ** 0.5 for k in ks]
             specs = [_prox_spec(reg, p) for p in params]
+            plain_args = (params, grads, vs, ms, ss, step_sizes, bc2_sqrts)
             if self._use_fused(params, specs):
-                per = [x for trio in zip(step_sizes, bc2_sqrts, [sp[1] for sp in specs],
-                                         strict=True) for x in trio]
-                hyper = _hyper([beta1, beta2, eps, delta, *per], params)
-                if self._run_fused(params, grads, vs, ms, ss, [(sp[0], sp[2]) for sp in specs],
-                                   hyper):
-                    continue
-            # plain path: the same arithmetic as torch.optim.Adam's, applied to v
-            torch._foreach_lerp_(ms, grads, 1.0 - beta1)
-            torch._foreach_mul_(ss, beta2)
-            torch._foreach_addcmul_(ss, grads, grads, 1.0 - beta2)
-            denom = torch._foreach_sqrt(ss)
-            torch._foreach_div_(denom, bc2_sqrts)
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(vs, ms, denom, [-s for s in step_sizes])
-            _apply_prox_(params, vs, delta, reg)
+                batch.add(
+                    group,
+                    plain_args,
+                    [params, grads, vs, ms, ss, [(sp[0], sp[2]) for sp in specs]],
+                    [
+                        x
+                        for sp, st, bc in zip(specs, step_sizes, bc2_sqrts, strict=True)
+                        for x in (beta1, beta2, eps, delta, st, bc, sp[1])
+                    ],
+                )
+            else:
+                self._plain_update(group, *plain_args)
+        if batch.groups and not self._run_fused(*batch.lists, _hyper(batch.hyper, batch.lists[0])):
+            for group, args in batch.groups:
+                self._plain_update(group, *args)
         return loss
+
+    def _plain_update(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        vs: list[Tensor],
+        ms: list[Tensor],
+        ss: list[Tensor],
+        step_sizes: list[float],
+        bc2_sqrts: list[float],
+    ) -> None:
+        """The same arithmetic as ``torch.optim.Adam``'s, applied to ``v``, then the prox."""
+        beta1, beta2 = group["betas"]
+        torch._foreach_lerp_(ms, grads, 1.0 - beta1)
+        torch._foreach_mul_(ss, beta2)
+        torch._foreach_addcmul_(ss, grads, grads, 1.0 - beta2)
+        denom = torch._foreach_sqrt(ss)
+        torch._foreach_div_(denom, bc2_sqrts)
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_addcdiv_(vs, ms, denom, [-s for s in step_sizes])
+        _apply_prox_(params, vs, group["delta"], group["reg"])
 
     def _reg_changed(self, group: dict[str, Any], old: Regularizer, new: Regularizer) -> None:
         """As :meth:`LinBreg._reg_changed`: rescale or reset ``v`` so ``theta`` stays fixed."""
@@ -546,7 +699,7 @@ class ProxSGD(RegularizedOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

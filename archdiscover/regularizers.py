@@ -69,8 +69,9 @@ class Regularizer:
         """True when the regularizer is identically zero (prox is the identity)."""
         return self.lam == 0.0
 
-    def group_mask(self, shape: torch.Size, density: float, generator: torch.Generator | None = None
-                   ) -> Tensor:
+    def group_mask(
+        self, shape: torch.Size, density: float, generator: torch.Generator | None = None
+    ) -> Tensor:
         """A boolean mask of ``shape`` keeping a random ``density`` fraction of the groups.
 
         The number of kept groups is ``max(1, round(density * n_groups))``; used by
@@ -128,8 +129,9 @@ class Null(Regularizer):
     def subgradient(self, x: Tensor) -> Tensor:
         return torch.zeros_like(x)
 
-    def group_mask(self, shape: torch.Size, density: float, generator: torch.Generator | None = None
-                   ) -> Tensor:
+    def group_mask(
+        self, shape: torch.Size, density: float, generator: torch.Generator | None = None
+    ) -> Tensor:
         return torch.ones(shape, dtype=torch.bool)
 
 
@@ -183,8 +185,9 @@ class GroupL12(Regularizer):
         super().__init__(lam)
         axes = (axis,) if isinstance(axis, int) else tuple(axis)
         if not axes or any(isinstance(a, bool) or not isinstance(a, int) or a < 0 for a in axes):
-            raise ValueError(f"GroupL12: axis must be a non-negative int or a tuple of them, "
-                             f"got {axis!r}")
+            raise ValueError(
+                f"GroupL12: axis must be a non-negative int or a tuple of them, got {axis!r}"
+            )
         if len(set(axes)) != len(axes):
             raise ValueError(f"GroupL12: axis has repeated dims: {axis!r}")
         self.axis: tuple[int, ...] = tuple(sorted(axes))
@@ -202,7 +205,8 @@ class GroupL12(Regularizer):
         if x.dim() <= self.axis[-1]:
             raise ValueError(
                 f"GroupL12(axis={self.axis}) needs a tensor with more than {self.axis[-1]} "
-                f"dims, got shape {tuple(x.shape)}")
+                f"dims, got shape {tuple(x.shape)}"
+            )
         return tuple(d for d in range(x.dim()) if d not in self.axis)
 
     def group_size(self, x: Tensor) -> int:
@@ -224,14 +228,17 @@ class GroupL12(Regularizer):
     def subgradient(self, x: Tensor) -> Tensor:
         norms = self.group_norms(x)
         scale = self.lam * math.sqrt(self.group_size(x))
-        return torch.where(norms > 0, x * (scale / norms.clamp_min(torch.finfo(x.dtype).tiny)),
-                           torch.zeros_like(x))
+        return torch.where(
+            norms > 0, x * (scale / norms.clamp_min(torch.finfo(x.dtype).tiny)), torch.zeros_like(x)
+        )
 
-    def group_mask(self, shape: torch.Size, density: float, generator: torch.Generator | None = None
-                   ) -> Tensor:
+    def group_mask(
+        self, shape: torch.Size, density: float, generator: torch.Generator | None = None
+    ) -> Tensor:
         if len(shape) <= self.axis[-1]:
-            raise ValueError(f"GroupL12(axis={self.axis}) cannot group a tensor of shape "
-                             f"{tuple(shape)}")
+            raise ValueError(
+                f"GroupL12(axis={self.axis}) cannot group a tensor of shape {tuple(shape)}"
+            )
         return _random_mask(shape, self.axis, density, generator)
 
 
@@ -250,8 +257,9 @@ def group_shrink(x: Tensor, thresh: float | Tensor, dims: tuple[int, ...]) -> Te
     return x * scale
 
 
-def _random_mask(shape: torch.Size, axis: tuple[int, ...], density: float,
-                 generator: torch.Generator | None) -> Tensor:
+def _random_mask(
+    shape: torch.Size, axis: tuple[int, ...], density: float, generator: torch.Generator | None
+) -> Tensor:
     """Keep ``max(1, round(density * n))`` random groups; groups index the dims ``axis``."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
@@ -292,5 +300,7 @@ def as_regularizer(reg: Regularizer | Mapping[str, Any] | None, where: str = "re
         return reg
     if isinstance(reg, Mapping):
         return regularizer_from_dict(reg)
-    raise ValueError(f"{where}: unknown regularizer {reg!r}; expected an archdiscover "
-                     f"Regularizer (L1, GroupL12, Null), its to_dict() form, or None")
+    raise ValueError(
+        f"{where}: unknown regularizer {reg!r}; expected an archdiscover "
+        f"Regularizer (L1, GroupL12, Null), its to_dict() form, or None"
+    )

@@ -54,12 +54,22 @@ class LamScheduler:
         ...     sched.step()          # after the epoch, like an LR scheduler
     """
 
-    def __init__(self, optimizer: RegularizedOptimizer, target: float, *, factor: float = 1.5,
-                 tolerance: float = 0.1, growth: float = 0.02, min_lam: float = 1e-8,
-                 max_lam: float = 1e4) -> None:
+    def __init__(
+        self,
+        optimizer: RegularizedOptimizer,
+        target: float,
+        *,
+        factor: float = 1.5,
+        tolerance: float = 0.1,
+        growth: float = 0.02,
+        min_lam: float = 1e-8,
+        max_lam: float = 1e4,
+    ) -> None:
         if not isinstance(optimizer, RegularizedOptimizer):
-            raise ValueError(f"LamScheduler: optimizer must be an archdiscover optimizer "
-                             f"(LinBreg, AdaBreg, ProxSGD), got {type(optimizer).__name__}")
+            raise ValueError(
+                f"LamScheduler: optimizer must be an archdiscover optimizer "
+                f"(LinBreg, AdaBreg, ProxSGD), got {type(optimizer).__name__}"
+            )
         if not 0.0 < target <= 1.0:
             raise ValueError(f"LamScheduler: target must be in (0, 1], got {target!r}")
         if not factor > 1.0 or not math.isfinite(factor):
@@ -69,16 +79,19 @@ class LamScheduler:
         if not growth >= 0.0:
             raise ValueError(f"LamScheduler: growth must be >= 0, got {growth!r}")
         if not 0.0 < min_lam <= max_lam:
-            raise ValueError(f"LamScheduler: need 0 < min_lam <= max_lam, got "
-                             f"min_lam={min_lam!r}, max_lam={max_lam!r}")
+            raise ValueError(
+                f"LamScheduler: need 0 < min_lam <= max_lam, got "
+                f"min_lam={min_lam!r}, max_lam={max_lam!r}"
+            )
         self.optimizer = optimizer
         self.target, self.factor, self.tolerance = float(target), float(factor), float(tolerance)
         self.growth = float(growth)
         self.min_lam, self.max_lam = float(min_lam), float(max_lam)
         self.groups = [i for i, g in enumerate(optimizer.param_groups) if not g["reg"].is_null]
         if not self.groups:
-            raise ValueError("LamScheduler: no param group of the optimizer has a non-null "
-                             "regularizer to steer")
+            raise ValueError(
+                "LamScheduler: no param group of the optimizer has a non-null regularizer to steer"
+            )
         self.last_density: float | None = None
         self.steps = 0
 
@@ -105,8 +118,11 @@ class LamScheduler:
         prev, self.last_density, self.steps = self.last_density, d, self.steps + 1
         if d > self.target * (1.0 + self.tolerance) and (prev is None or d >= prev):
             mult = self.factor
-        elif (d < self.target * (1.0 - self.tolerance) and prev is not None
-              and d <= prev * (1.0 + self.growth)):
+        elif (
+            d < self.target * (1.0 - self.tolerance)
+            and prev is not None
+            and d <= prev * (1.0 + self.growth)
+        ):
             mult = 1.0 / self.factor
         else:
             return 1.0

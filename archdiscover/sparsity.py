@@ -67,22 +67,39 @@ class SparsityReport:
         return {r.name: r.active_units for r in self.layers if r.active_units is not None}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"params": self.params, "nonzero": self.nonzero, "density": self.density,
-                "weight_density": self.weight_density,
-                "layers": [asdict(r) for r in self.layers]}
+        return {
+            "params": self.params,
+            "nonzero": self.nonzero,
+            "density": self.density,
+            "weight_density": self.weight_density,
+            "layers": [asdict(r) for r in self.layers],
+        }
 
     def __str__(self) -> str:
         head = ("layer", "type", "non-zero / params", "density", "active units")
         rows = [head]
         for r in self.layers:
             units = f"{r.active_units} / {r.units}" if r.units is not None else "-"
-            rows.append((r.name or "(root)", r.kind, f"{r.nonzero:,} / {r.params:,}",
-                         f"{100 * r.density:.2f}%", units))
-        rows.append(("total", "", f"{self.nonzero:,} / {self.params:,}",
-                     f"{100 * self.density:.2f}%", ""))
+            rows.append(
+                (
+                    r.name or "(root)",
+                    r.kind,
+                    f"{r.nonzero:,} / {r.params:,}",
+                    f"{100 * r.density:.2f}%",
+                    units,
+                )
+            )
+        rows.append(
+            ("total", "", f"{self.nonzero:,} / {self.params:,}", f"{100 * self.density:.2f}%", "")
+        )
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
-                           enumerate(zip(row, widths, strict=True))) for row in rows]
+        lines = [
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+            for row in rows
+        ]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         lines.append(f"weights non-zero: {100 * self.weight_density:.2f}%")
@@ -123,6 +140,7 @@ def report(model: nn.Module) -> SparsityReport:
         else:
             units = active = None
             wp = wnz = 0
-        rows.append(LayerSparsity(name, type(module).__name__, params, nonzero, wp, wnz,
-                                  units, active))
+        rows.append(
+            LayerSparsity(name, type(module).__name__, params, nonzero, wp, wnz, units, active)
+        )
     return SparsityReport(rows)

@@ -28,8 +28,9 @@ from archdiscover.regularizers import L1, GroupL12, Regularizer
 
 def make_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(),
-                          nn.Linear(1000, 10))
+    model = nn.Sequential(
+        nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10)
+    )
     x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
     nn.functional.cross_entropy(model(x), y).backward()
     return model
@@ -48,9 +49,12 @@ def time_steps(opt: torch.optim.Optimizer, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def compare(make_ours: Callable[[nn.Module], torch.optim.Optimizer],
-            make_base: Callable[[nn.Module], torch.optim.Optimizer],
-            rounds: int, steps: int) -> dict:
+def compare(
+    make_ours: Callable[[nn.Module], torch.optim.Optimizer],
+    make_base: Callable[[nn.Module], torch.optim.Optimizer],
+    rounds: int,
+    steps: int,
+) -> dict:
     ours, base = make_ours(make_model()), make_base(make_model())
     for opt in (ours, base):  # warm-up: state allocation, compilation
         time_steps(opt, 5)
@@ -59,10 +63,15 @@ def compare(make_ours: Callable[[nn.Module], torch.optim.Optimizer],
         t_ours.append(time_steps(ours, steps))
         t_base.append(time_steps(base, steps))
     mo, mb = statistics.median(t_ours), statistics.median(t_base)
-    return {"ms": round(mo * 1e3, 4), "baseline_ms": round(mb * 1e3, 4),
-            "ratio": round(mo / mb, 3),
-            "ratio_p25_p75": [round(statistics.quantiles(t_ours, n=4)[0] / mb, 3),
-                              round(statistics.quantiles(t_ours, n=4)[2] / mb, 3)]}
+    return {
+        "ms": round(mo * 1e3, 4),
+        "baseline_ms": round(mb * 1e3, 4),
+        "ratio": round(mo / mb, 3),
+        "ratio_p25_p75": [
+            round(statistics.quantiles(t_ours, n=4)[0] / mb, 3),
+            round(statistics.quantiles(t_ours, n=4)[2] / mb, 3),
+        ],
+    }
 
 
 def main() -> None:
@@ -85,25 +94,49 @@ def main() -> None:
         for rname, reg in regs.items():
             results[f"adabreg_{rname}_{tag}_vs_adam"] = compare(
                 lambda m, reg=reg, f=fused: AdaBreg(groups(m, reg), lr=1e-3, fused=f),
-                adam, rounds, steps)
+                adam,
+                rounds,
+                steps,
+            )
             results[f"linbreg_momentum_{rname}_{tag}_vs_sgd_momentum"] = compare(
-                lambda m, reg=reg, f=fused: LinBreg(groups(m, reg), lr=0.1, momentum=0.9,
-                                                    fused=f),
-                sgdm, rounds, steps)
+                lambda m, reg=reg, f=fused: LinBreg(groups(m, reg), lr=0.1, momentum=0.9, fused=f),
+                sgdm,
+                rounds,
+                steps,
+            )
     targets = {
         "adabreg_vs_adam_max_ratio": 1.1,
         "linbreg_momentum_vs_sgd_momentum_max_ratio": 1.3,
     }
     met = all(
-        v["ratio"] <= (targets["adabreg_vs_adam_max_ratio"] if k.startswith("adabreg")
-                       else targets["linbreg_momentum_vs_sgd_momentum_max_ratio"])
-        for k, v in results.items() if "_fused_" in k)
-    print(json.dumps({
-        "benchmark": "optim_step", "model": "MLP 784-1000-1000-10", "batch": 128,
-        "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": platform.machine(), "rounds": rounds, "steps_per_round": steps,
-        "results": results, "targets": targets, "fused_targets_met": met,
-    }, indent=2))
+        v["ratio"]
+        <= (
+            targets["adabreg_vs_adam_max_ratio"]
+            if k.startswith("adabreg")
+            else targets["linbreg_momentum_vs_sgd_momentum_max_ratio"]
+        )
+        for k, v in results.items()
+        if "_fused_" in k
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "optim_step",
+                "model": "MLP 784-1000-1000-10",
+                "batch": 128,
+                "device": "cpu",
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "rounds": rounds,
+                "steps_per_round": steps,
+                "results": results,
+                "targets": targets,
+                "fused_targets_met": met,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -46,19 +46,35 @@ def evaluate(model: nn.Module, split: Split) -> float:
     return 100.0 * acc
 
 
-def train(name: str, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-          split: Split, *, sparse: bool, epochs: int, seed: int, batch_size: int = 128,
-          progress: bool = True, cosine: bool = True) -> tuple[nn.Module, Result]:
+def train(
+    name: str,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    split: Split,
+    *,
+    sparse: bool,
+    epochs: int,
+    seed: int,
+    batch_size: int = 128,
+    progress: bool = True,
+    cosine: bool = True,
+) -> tuple[nn.Module, Result]:
     """Train the paper's MLP; ``sparse`` starts from the 1% sparse init."""
     torch.manual_seed(seed)
     model = models.build("mlp", preset="mnist")
     opt = make_optimizer(model)
     if sparse:
         sparse_init_(model, density=0.01, reg=opt, generator=torch.Generator().manual_seed(seed))
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if cosine
-             else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))
-    loader = DataLoader(split.train, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        if cosine
+        else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    )
+    loader = DataLoader(
+        split.train,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     t0 = time.perf_counter()
     bar = tqdm(range(epochs), desc=f"{name:>8}", disable=not progress, leave=False)
     for _ in bar:
@@ -69,15 +85,18 @@ def train(name: str, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer
         sched.step()
         bar.set_postfix(density=f"{sparsity_report(model).weight_density:.3f}")
     seconds = time.perf_counter() - t0
-    return model, Result(name, evaluate(model, split), sparsity_report(model).weight_density,
-                         seconds)
+    return model, Result(
+        name, evaluate(model, split), sparsity_report(model).weight_density, seconds
+    )
 
 
 def weight_groups(model: nn.Module, reg: L1) -> list[dict]:
     """L1 on the Linear weights, nothing on the biases."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return [{"params": [m.weight for m in linears], "reg": reg},
-            {"params": [m.bias for m in linears]}]
+    return [
+        {"params": [m.weight for m in linears], "reg": reg},
+        {"params": [m.bias for m in linears]},
+    ]
 
 
 # The settings of the comparison (paper: lr 0.1, delta 1, lam 0.1 for LinBreg).
@@ -89,14 +108,16 @@ RUNS: dict[str, tuple[Callable[[nn.Module], torch.optim.Optimizer], bool]] = {
 }
 
 
-def compare(epochs: int = 40, seed: int = 0, names: tuple[str, ...] = tuple(RUNS),
-            progress: bool = True) -> dict[str, Result]:
+def compare(
+    epochs: int = 40, seed: int = 0, names: tuple[str, ...] = tuple(RUNS), progress: bool = True
+) -> dict[str, Result]:
     split = mnist5k(seed=seed)
     out = {}
     for name in names:
         make, sparse = RUNS[name]
-        out[name] = train(name, make, split, sparse=sparse, epochs=epochs, seed=seed,
-                          progress=progress)[1]
+        out[name] = train(
+            name, make, split, sparse=sparse, epochs=epochs, seed=seed, progress=progress
+        )[1]
     return out
 
 
@@ -112,17 +133,19 @@ def main() -> None:
     print(f"MNIST 5k subset: {len(split.train)} train / {len(split.test)} test images")
     if args.demo:
         make, _ = RUNS["LinBreg"]
-        model, res = train("LinBreg", make, split, sparse=True, epochs=args.epochs,
-                           seed=args.seed)
+        model, res = train("LinBreg", make, split, sparse=True, epochs=args.epochs, seed=args.seed)
         print(sparsity_report(model))
-        print(f"LinBreg: test accuracy {res.test_accuracy:.1f}%, "
-              f"{100 * res.weight_density:.1f}% of weights non-zero ({res.seconds:.0f} s)")
+        print(
+            f"LinBreg: test accuracy {res.test_accuracy:.1f}%, "
+            f"{100 * res.weight_density:.1f}% of weights non-zero ({res.seconds:.0f} s)"
+        )
         return
     results = compare(args.epochs, args.seed)
     print(f"{'optimizer':<10}{'test acc':>10}{'non-zero weights':>18}{'seconds':>9}")
     for r in results.values():
-        print(f"{r.name:<10}{r.test_accuracy:>9.1f}%{100 * r.weight_density:>17.1f}%"
-              f"{r.seconds:>9.1f}")
+        print(
+            f"{r.name:<10}{r.test_accuracy:>9.1f}%{100 * r.weight_density:>17.1f}%{r.seconds:>9.1f}"
+        )
     if args.json:
         print(json.dumps({k: vars(v) for k, v in results.items()}, indent=2))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -23,12 +24,17 @@ class MLP(nn.Module):
         final_relu: also apply ReLU after the last layer (the reference code does).
     """
 
-    def __init__(self, in_features: int = 784, widths: Sequence[int] = (200, 80),
-                 out_features: int = 10, final_relu: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int = 784,
+        widths: Sequence[int] = (200, 80),
+        out_features: int = 10,
+        final_relu: bool = False,
+    ) -> None:
         super().__init__()
         sizes = [in_features, *widths, out_features]
         layers: list[nn.Module] = [nn.Flatten()]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (a, b) in enumerate(pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2 or final_relu:
                 layers.append(nn.ReLU())

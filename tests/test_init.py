@@ -33,12 +33,15 @@ def test_forward_signal_variance_matches_dense_kaiming():
     assert ratio == pytest.approx(1.0, rel=0.15)
 
 
-@pytest.mark.parametrize(("module", "reg", "group_dims", "n_groups"), [
-    (nn.Linear(64, 200), GroupL12(0.1), (1,), 200),                     # neurons
-    (nn.Conv2d(8, 100, 3), GroupL12(0.1), (1, 2, 3), 100),             # output channels
-    (nn.ConvTranspose2d(100, 50, 3), GroupL12(0.1, axis=1), (0, 2, 3), 50),
-    (nn.Conv2d(20, 50, 3), GroupL12.kernels(0.1), (2, 3), 1000),       # kernels
-])
+@pytest.mark.parametrize(
+    ("module", "reg", "group_dims", "n_groups"),
+    [
+        (nn.Linear(64, 200), GroupL12(0.1), (1,), 200),  # neurons
+        (nn.Conv2d(8, 100, 3), GroupL12(0.1), (1, 2, 3), 100),  # output channels
+        (nn.ConvTranspose2d(100, 50, 3), GroupL12(0.1, axis=1), (0, 2, 3), 50),
+        (nn.Conv2d(20, 50, 3), GroupL12.kernels(0.1), (2, 3), 1000),  # kernels
+    ],
+)
 def test_group_regularizers_keep_whole_groups(module, reg, group_dims, n_groups):
     sparse_init_(module, 0.1, reg=reg, generator=_gen())
     alive = (module.weight != 0).any(dim=group_dims)
@@ -50,16 +53,21 @@ def test_group_regularizers_keep_whole_groups(module, reg, group_dims, n_groups)
 def test_regularizers_come_from_the_optimizer_or_a_mapping():
     model = nn.Sequential(nn.Linear(50, 40), nn.ReLU(), nn.Linear(40, 30), nn.Linear(30, 3))
     before = model[3].weight.detach().clone()
-    opt = LinBreg([{"params": [model[0].weight], "reg": GroupL12(0.1)},
-                   {"params": [model[2].weight], "reg": L1(0.1)},
-                   {"params": [model[0].bias, model[2].bias], "reg": Null()}], lr=0.1)
+    opt = LinBreg(
+        [
+            {"params": [model[0].weight], "reg": GroupL12(0.1)},
+            {"params": [model[2].weight], "reg": L1(0.1)},
+            {"params": [model[0].bias, model[2].bias], "reg": Null()},
+        ],
+        lr=0.1,
+    )
     sparse_init_(model, 0.25, reg=opt, generator=_gen())
-    assert int((model[0].weight != 0).any(1).sum()) == 10          # 25% of 40 rows
-    assert int((model[2].weight != 0).sum()) == 300                 # 25% of 1200 entries
-    assert torch.equal(model[3].weight, before)                     # not in the optimizer
+    assert int((model[0].weight != 0).any(1).sum()) == 10  # 25% of 40 rows
+    assert int((model[2].weight != 0).sum()) == 300  # 25% of 1200 entries
+    assert torch.equal(model[3].weight, before)  # not in the optimizer
 
     sparse_init_(model, 0.5, reg={"0": Null(), "2": L1(0.0)}, generator=_gen())
-    assert bool((model[0].weight != 0).all())                        # Null: dense Kaiming
+    assert bool((model[0].weight != 0).all())  # Null: dense Kaiming
     assert int((model[2].weight != 0).sum()) == 600
     with pytest.raises(ValueError, match="no module named 'encoder'"):
         sparse_init_(model, 0.5, reg={"encoder": L1(0.1)})

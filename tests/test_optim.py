@@ -1,5 +1,6 @@
 import io
 import warnings
+from itertools import pairwise
 
 import pytest
 import torch
@@ -32,8 +33,10 @@ def _train(model, opt, steps, x, y, sched=None):
 
 def _groups(model, reg):
     lin = [m for m in model if isinstance(m, nn.Linear)]
-    return [{"params": [m.weight for m in lin], "reg": reg},
-            {"params": [m.bias for m in lin], "reg": Null()}]
+    return [
+        {"params": [m.weight for m in lin], "reg": reg},
+        {"params": [m.bias for m in lin], "reg": Null()},
+    ]
 
 
 # -- the convex sparse-recovery problem -------------------------------------------------------
@@ -63,17 +66,22 @@ def test_linbreg_l1_recovers_sparse_vector_along_an_inverse_scale_space(fused):
     off[support] = False
     assert (x.detach() - x_star).abs().max() < 1e-3
     assert x.detach()[off].abs().max() < 1e-6
-    assert torch.equal(torch.sort(torch.nonzero(x.detach().abs() > 1e-6).flatten())[0],
-                       torch.sort(support)[0])
+    assert torch.equal(
+        torch.sort(torch.nonzero(x.detach().abs() > 1e-6).flatten())[0], torch.sort(support)[0]
+    )
     # inverse scale space: from zero, coordinates enter one by one over time and never leave
     assert nnz[0] == 0 and nnz[-1] >= 10
-    assert all(a <= b for a, b in zip(nnz, nnz[1:], strict=False))
+    assert all(a <= b for a, b in pairwise(nnz))
     first = next(k for k, n in enumerate(nnz) if n > 0)
     assert nnz[first] <= 2
     assert len(set(nnz)) >= 6  # at least five separate entry events
     # the first to enter is the coordinate most correlated with the data
-    opt2 = LinBreg([x2 := torch.zeros(300, dtype=F64, requires_grad=True)],
-                   lr=1.0 / lipschitz, reg=L1(5.0), fused=False)
+    opt2 = LinBreg(
+        [x2 := torch.zeros(300, dtype=F64, requires_grad=True)],
+        lr=1.0 / lipschitz,
+        reg=L1(5.0),
+        fused=False,
+    )
     while not (x2 != 0).any():
         opt2.zero_grad()
         (0.5 * (A @ x2 - b).pow(2).sum()).backward()
@@ -82,8 +90,12 @@ def test_linbreg_l1_recovers_sparse_vector_along_an_inverse_scale_space(fused):
 
 
 # -- equal to torch's optimizers without regularization --------------------------------------
-SGD_CASES = [dict(lr=0.05), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.9,
-             dampening=0.5), dict(lr=0.05, momentum=0.8, nesterov=True)]
+SGD_CASES = [
+    dict(lr=0.05),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, dampening=0.5),
+    dict(lr=0.05, momentum=0.8, nesterov=True),
+]
 
 
 @pytest.mark.parametrize("kw", SGD_CASES)
@@ -136,10 +148,13 @@ def test_fused_without_reg_matches_torch_and_lr_schedulers_work():
 
 
 @pytest.mark.parametrize("reg", [L1(0.2), GroupL12(0.2), GroupL12.kernels(0.2)])
-@pytest.mark.parametrize("make", [
-    lambda p, f: LinBreg(p, lr=0.1, momentum=0.9, delta=2.0, fused=f),
-    lambda p, f: AdaBreg(p, lr=1e-2, delta=0.5, fused=f),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p, f: LinBreg(p, lr=0.1, momentum=0.9, delta=2.0, fused=f),
+        lambda p, f: AdaBreg(p, lr=1e-2, delta=0.5, fused=f),
+    ],
+)
 def test_fused_and_plain_paths_agree_with_regularization(reg, make):
     torch.manual_seed(0)
     conv1, conv2 = nn.Conv2d(3, 8, 3).double(), nn.Conv2d(3, 8, 3).double()
@@ -182,12 +197,15 @@ def test_sparse_init_stays_exactly_sparse_without_gradient_signal(opt_cls, reg):
 
 
 # -- state dicts ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [
-    lambda m: LinBreg(_groups(m, L1(0.01)), lr=0.05, momentum=0.9, fused=False),
-    lambda m: LinBreg(_groups(m, GroupL12(0.01)), lr=0.05, momentum=0.9, fused=True),
-    lambda m: AdaBreg(_groups(m, GroupL12(0.01, axis=1)), lr=1e-2, fused=False),
-    lambda m: ProxSGD(_groups(m, L1(1e-3)), lr=0.05),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: LinBreg(_groups(m, L1(0.01)), lr=0.05, momentum=0.9, fused=False),
+        lambda m: LinBreg(_groups(m, GroupL12(0.01)), lr=0.05, momentum=0.9, fused=True),
+        lambda m: AdaBreg(_groups(m, GroupL12(0.01, axis=1)), lr=1e-2, fused=False),
+        lambda m: ProxSGD(_groups(m, L1(1e-3)), lr=0.05),
+    ],
+)
 def test_state_dict_round_trip_continues_bit_identically(make):
     x, y = _data()
     model = _net()
@@ -195,8 +213,9 @@ def test_state_dict_round_trip_continues_bit_identically(make):
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
     _train(model, opt, 5, x, y, sched)
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict()}, buf)
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf
+    )
     sd = opt.state_dict()
     assert isinstance(sd["param_groups"][0]["reg"], dict)  # plain data, no pickled object
     _train(model, opt, 5, x, y, sched)
@@ -217,9 +236,16 @@ def test_state_dict_round_trip_continues_bit_identically(make):
 
 # -- changing the regularizer keeps the parameters ------------------------------------------------
 @pytest.mark.parametrize("opt_cls", [LinBreg, AdaBreg])
-@pytest.mark.parametrize(("old", "new"), [(L1(0.05), L1(0.2)), (L1(0.05), L1(0.01)),
-                                          (GroupL12(0.05), GroupL12(0.5)), (Null(), L1(0.1)),
-                                          (L1(0.05), GroupL12(0.05))])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (L1(0.05), L1(0.2)),
+        (L1(0.05), L1(0.01)),
+        (GroupL12(0.05), GroupL12(0.5)),
+        (Null(), L1(0.1)),
+        (L1(0.05), GroupL12(0.05)),
+    ],
+)
 def test_set_reg_keeps_theta_a_fixed_point(opt_cls, old, new):
     x, y = _data()
     model = _net()
@@ -246,6 +272,7 @@ def test_compile_failure_falls_back_to_plain_path_with_one_warning(monkeypatch):
     def broken(fn):
         def call(*a, **k):
             raise RuntimeError("no compiler here")
+
         return call
 
     monkeypatch.setattr(optim_mod, "_own_compiled", broken)
@@ -295,7 +322,7 @@ def test_proxsgd_step_is_prox_of_gradient_step():
 
 def test_params_without_grad_are_left_alone_and_closure_returns_loss():
     model = _net()
-    x, y = _data()
+    x, _ = _data()
     before = model[2].weight.detach().clone()
     opt = LinBreg(model.parameters(), lr=0.1, reg=L1(1e-3), fused=False)
 
@@ -311,22 +338,30 @@ def test_params_without_grad_are_left_alone_and_closure_returns_loss():
     assert model[2].weight not in opt.state
 
 
-@pytest.mark.parametrize(("make", "match"), [
-    (lambda p: LinBreg(p, lr=-0.1), r"invalid learning rate lr=-0.1"),
-    (lambda p: LinBreg(p, lr=0.1, delta=0.0), r"invalid delta=0.0"),
-    (lambda p: LinBreg(p, lr=0.1, momentum=-1), r"invalid momentum=-1"),
-    (lambda p: LinBreg(p, lr=0.1, nesterov=True), r"nesterov"),
-    (lambda p: AdaBreg(p, betas=(0.9, 1.0)), r"beta parameter at index 1: 1.0"),
-    (lambda p: AdaBreg(p, betas=(-0.1, 0.9)), r"beta parameter at index 0"),
-    (lambda p: AdaBreg(p, eps=-1.0), r"invalid eps"),
-    (lambda p: AdaBreg(p, reg="l1"), r"unknown regularizer 'l1'"),
-    (lambda p: LinBreg(p, lr=0.1, reg={"type": "nope"}), r"unknown regularizer type 'nope'"),
-    (lambda p: LinBreg([{"params": p, "lr": -1.0}], lr=0.1), r"param group 0: invalid learning"),
-    (lambda p: LinBreg([{"params": p, "reg": object()}], lr=0.1),
-     r"LinBreg param group 0: unknown regularizer"),
-    (lambda p: ProxSGD(p, lr=-1.0), r"ProxSGD param group 0: invalid learning rate"),
-    (lambda p: LinBreg(p, lr=0.1, fused="yes"), r"fused must be None, True or False"),
-])
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: LinBreg(p, lr=-0.1), r"invalid learning rate lr=-0.1"),
+        (lambda p: LinBreg(p, lr=0.1, delta=0.0), r"invalid delta=0.0"),
+        (lambda p: LinBreg(p, lr=0.1, momentum=-1), r"invalid momentum=-1"),
+        (lambda p: LinBreg(p, lr=0.1, nesterov=True), r"nesterov"),
+        (lambda p: AdaBreg(p, betas=(0.9, 1.0)), r"beta parameter at index 1: 1.0"),
+        (lambda p: AdaBreg(p, betas=(-0.1, 0.9)), r"beta parameter at index 0"),
+        (lambda p: AdaBreg(p, eps=-1.0), r"invalid eps"),
+        (lambda p: AdaBreg(p, reg="l1"), r"unknown regularizer 'l1'"),
+        (lambda p: LinBreg(p, lr=0.1, reg={"type": "nope"}), r"unknown regularizer type 'nope'"),
+        (
+            lambda p: LinBreg([{"params": p, "lr": -1.0}], lr=0.1),
+            r"param group 0: invalid learning",
+        ),
+        (
+            lambda p: LinBreg([{"params": p, "reg": object()}], lr=0.1),
+            r"LinBreg param group 0: unknown regularizer",
+        ),
+        (lambda p: ProxSGD(p, lr=-1.0), r"ProxSGD param group 0: invalid learning rate"),
+        (lambda p: LinBreg(p, lr=0.1, fused="yes"), r"fused must be None, True or False"),
+    ],
+)
 def test_invalid_hyperparameters_raise_precise_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make(list(_net().parameters()))

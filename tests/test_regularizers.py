@@ -41,12 +41,15 @@ def _loop_group_value(x, axis, lam):
     return lam * math.sqrt(n) * sum(g.norm() for g in groups)
 
 
-@pytest.mark.parametrize(("shape", "axis"), [
-    ((6, 5), (0,)),            # Linear: rows are neurons
-    ((6, 3, 3, 3), (0,)),      # Conv: output channels
-    ((3, 6, 3, 3), (1,)),      # ConvTranspose: output channels are dim 1
-    ((6, 3, 3, 3), (0, 1)),    # kernel-wise groups
-])
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [
+        ((6, 5), (0,)),  # Linear: rows are neurons
+        ((6, 3, 3, 3), (0,)),  # Conv: output channels
+        ((3, 6, 3, 3), (1,)),  # ConvTranspose: output channels are dim 1
+        ((6, 3, 3, 3), (0, 1)),  # kernel-wise groups
+    ],
+)
 def test_group_value_scaled_by_sqrt_group_size(shape, axis):
     torch.manual_seed(0)
     x = torch.randn(shape)
@@ -54,9 +57,15 @@ def test_group_value_scaled_by_sqrt_group_size(shape, axis):
     assert reg(x).item() == pytest.approx(_loop_group_value(x, axis, 0.3).item(), rel=1e-12)
 
 
-@pytest.mark.parametrize(("shape", "axis"), [
-    ((8, 5), (0,)), ((8, 3, 3, 3), (0,)), ((3, 8, 3, 3), (1,)), ((8, 4, 3, 3), (0, 1)),
-])
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [
+        ((8, 5), (0,)),
+        ((8, 3, 3, 3), (0,)),
+        ((3, 8, 3, 3), (1,)),
+        ((8, 4, 3, 3), (0, 1)),
+    ],
+)
 def test_group_prox_zeros_whole_groups_and_nothing_else(shape, axis):
     torch.manual_seed(1)
     x = torch.randn(shape)
@@ -75,8 +84,9 @@ def test_group_prox_zeros_whole_groups_and_nothing_else(shape, axis):
     alive = norms > tau * math.sqrt(n)
     torch.testing.assert_close(ynorm[alive], norms[alive] - tau * math.sqrt(n))
     # and stay parallel to the input
-    torch.testing.assert_close(y[~dead] / ynorm.expand_as(x)[~dead],
-                               x[~dead] / norms.expand_as(x)[~dead])
+    torch.testing.assert_close(
+        y[~dead] / ynorm.expand_as(x)[~dead], x[~dead] / norms.expand_as(x)[~dead]
+    )
 
 
 @pytest.mark.parametrize("reg", [L1(0.7), GroupL12(0.7), GroupL12.kernels(0.7), Null()])

@@ -8,22 +8,28 @@ from archdiscover.data import digits
 
 def _opt(model, lam=0.1):
     lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return LinBreg([{"params": [m.weight for m in lin], "reg": L1(lam)},
-                    {"params": [m.bias for m in lin], "reg": Null()}], lr=0.1, fused=False)
+    return LinBreg(
+        [
+            {"params": [m.weight for m in lin], "reg": L1(lam)},
+            {"params": [m.bias for m in lin], "reg": Null()},
+        ],
+        lr=0.1,
+        fused=False,
+    )
 
 
 def test_raises_lowers_or_keeps_lam_around_the_target():
     model = nn.Linear(10, 10)
     opt = _opt(model, lam=0.1)
     sched = LamScheduler(opt, target=0.2, factor=2.0, tolerance=0.1)
-    assert sched.step(density=0.5) == 2.0 and sched.lams() == [0.2]      # too dense
-    assert sched.step(density=0.6) == 2.0 and sched.lams() == [0.4]      # and still growing
-    assert sched.step(density=0.4) == 1.0 and sched.lams() == [0.4]      # falling: wait
-    assert sched.step(density=0.21) == 1.0 and sched.lams() == [0.4]     # in the band
-    assert sched.step(density=0.05) == 0.5 and sched.lams() == [0.2]     # too sparse, falling
-    assert sched.step(density=0.05) == 0.5 and sched.lams() == [0.1]     # too sparse, stalled
-    assert sched.step(density=0.1) == 1.0 and sched.lams() == [0.1]      # growing: wait
-    assert opt.param_groups[1]["reg"] == Null()        # unregularized groups untouched
+    assert sched.step(density=0.5) == 2.0 and sched.lams() == [0.2]  # too dense
+    assert sched.step(density=0.6) == 2.0 and sched.lams() == [0.4]  # and still growing
+    assert sched.step(density=0.4) == 1.0 and sched.lams() == [0.4]  # falling: wait
+    assert sched.step(density=0.21) == 1.0 and sched.lams() == [0.4]  # in the band
+    assert sched.step(density=0.05) == 0.5 and sched.lams() == [0.2]  # too sparse, falling
+    assert sched.step(density=0.05) == 0.5 and sched.lams() == [0.1]  # too sparse, stalled
+    assert sched.step(density=0.1) == 1.0 and sched.lams() == [0.1]  # growing: wait
+    assert opt.param_groups[1]["reg"] == Null()  # unregularized groups untouched
     sched2 = LamScheduler(opt, target=0.2, factor=2.0, min_lam=0.05, max_lam=0.3)
     sched2.step(density=1.0)
     sched2.step(density=1.0)
@@ -42,12 +48,19 @@ def _digits_run(use_scheduler, target=0.2):
     split = digits(seed=0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = LinBreg([{"params": [model[1].weight, model[3].weight], "reg": L1(0.01)},
-                   {"params": [model[1].bias, model[3].bias]}], lr=0.1, fused=False)
+    opt = LinBreg(
+        [
+            {"params": [model[1].weight, model[3].weight], "reg": L1(0.01)},
+            {"params": [model[1].bias, model[3].bias]},
+        ],
+        lr=0.1,
+        fused=False,
+    )
     sparse_init_(model, 0.01, reg=opt, generator=torch.Generator().manual_seed(0))
     sched = LamScheduler(opt, target=target, factor=1.5, tolerance=0.1)
-    loader = torch.utils.data.DataLoader(split.train, batch_size=64, shuffle=True,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        split.train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     for _ in range(30):
         for x, y in loader:
             opt.zero_grad()
@@ -61,7 +74,7 @@ def _digits_run(use_scheduler, target=0.2):
 def test_steers_a_real_training_run_toward_the_target_density():
     free, lam_free = _digits_run(False)
     steered, lam_steered = _digits_run(True)
-    assert lam_free == 0.01 and free > 0.27          # left alone, the net fills up
+    assert lam_free == 0.01 and free > 0.27  # left alone, the net fills up
     assert abs(steered - 0.2) < 0.02 and lam_steered > 0.01
 
 
