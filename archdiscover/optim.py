@@ -177,6 +177,14 @@ def _apply_prox_(params: list[Tensor], vs: list[Tensor], delta: float, reg: Regu
         else:
             torch._foreach_copy_(params, torch._foreach_mul(vs, delta))
         return
+    if type(reg) is L1:  # soft shrinkage x - clamp(x, -t, t), as foreach passes
+        xs = vs if delta == 1.0 else torch._foreach_mul(vs, delta)
+        t = delta * reg.lam
+        clipped = torch._foreach_clamp_min(xs, -t)
+        torch._foreach_clamp_max_(clipped, t)
+        torch._foreach_copy_(params, xs)
+        torch._foreach_sub_(params, clipped)
+        return
     for p, v in zip(params, vs, strict=True):
         x = v if delta == 1.0 else v * delta
         p.copy_(reg.prox(x, delta))

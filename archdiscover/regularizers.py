@@ -244,8 +244,12 @@ class GroupL12(Regularizer):
 
 # -- kernels shared with the optimizers (pure functions, torch.compile friendly) ------------
 def soft_shrink(x: Tensor, thresh: float | Tensor) -> Tensor:
-    """``sign(x) * max(|x| - thresh, 0)``: the prox of ``thresh * ||.||_1``."""
-    return torch.sign(x) * torch.clamp_min(x.abs() - thresh, 0.0)
+    """``sign(x) * max(|x| - thresh, 0)``: the prox of ``thresh * ||.||_1``.
+
+    Computed as ``x - clamp(x, -thresh, thresh)``: the same value bit for bit (exact zeros
+    inside the threshold, ``x -+ thresh`` outside), in two passes instead of four.
+    """
+    return x - torch.clamp(x, -thresh, thresh)
 
 
 def group_shrink(x: Tensor, thresh: float | Tensor, dims: tuple[int, ...]) -> Tensor:
