@@ -28,6 +28,7 @@ per tensor) where compilation fails. ``fused=False`` always takes the plain path
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import types
@@ -193,16 +194,22 @@ def _apply_prox_(params: list[Tensor], vs: list[Tensor], delta: float, reg: Regu
 # ---------------------------------------------------------------------------------------------
 # torch.compile support
 # ---------------------------------------------------------------------------------------------
-def _compiler_available(device: torch.device) -> bool:
-    if device.type == "cpu":
+@functools.lru_cache(maxsize=None)
+def _compiler_available_for(device_type: str) -> bool:
+    if device_type == "cpu":
         return any(shutil.which(cc) for cc in ("cc", "gcc", "clang", "g++", "c++"))
-    if device.type == "cuda":
+    if device_type == "cuda":
         try:
             import triton  # noqa: F401
         except ImportError:
             return False
         return True
     return False
+
+
+def _compiler_available(device: torch.device) -> bool:
+    """Whether ``torch.compile`` can generate code for ``device`` here (looked up once)."""
+    return _compiler_available_for(device.type)
 
 
 def _own_compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -299,16 +306,17 @@ def _linbreg_kernel(
         dampening, t = hyper[5 * i + 3], hyper[5 * i + 4]
         g = grads[i]
         use_momentum, nesterov = flags[i]
-        if use_momentum:
-            buf = bufs[i] * momentum + g * (1.0 - dampening)
-            bufs[i].copy_(buf)
-            d = g + buf * momentum if nesterov else buf
-        else:
-            d = g
+        buf = bufs[i] * momentum + g * (1.0 - dampening) if use_momentum else g
+        d = g + buf * momentum if use_momentum and nesterov else buf
         v = vs[i] - d * lr
-        vs[i].copy_(v)
         kind, dims = specs[i]
-        params[i].copy_(_shrink(v * delta, kind, t * delta, dims))
+        theta = _shrink(v * delta, kind, t * delta, dims)
+        # all writes after all reads: inductor then fuses a group prox's norm into one
+        # row-wise kernel instead of materializing v first
+        if use_momentum:
+            bufs[i].copy_(buf)
+        vs[i].copy_(v)
+        params[i].copy_(theta)
 
 
 def _hyper(values: list[float], params: list[Tensor]) -> Tensor:
@@ -542,12 +550,13 @@ def _adabreg_kernel(
         g = grads[i]
         m = exp_avgs[i] + (g - exp_avgs[i]) * (1.0 - beta1)
         s = exp_avg_sqs[i] * beta2 + g * g * (1.0 - beta2)
+        v = vs[i] - m / (s.sqrt() / bc2_sqrt + eps) * step_size
+        kind, dims = specs[i]
+        theta = _shrink(v * delta, kind, t * delta, dims)
         exp_avgs[i].copy_(m)
         exp_avg_sqs[i].copy_(s)
-        v = vs[i] - m / (s.sqrt() / bc2_sqrt + eps) * step_size
         vs[i].copy_(v)
-        kind, dims = specs[i]
-        params[i].copy_(_shrink(v * delta, kind, t * delta, dims))
+        params[i].copy_(theta)
 
 
 class AdaBreg(_FusedMixin, RegularizedOptimizer):

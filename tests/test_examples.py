@@ -1,0 +1,45 @@
+"""The example and the benchmark run, and their numbers are sane (the full runs stay out of CI)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mnist_mlp_example_short_run():
+    ex = _load(ROOT / "examples" / "mnist_mlp.py")
+    results = ex.compare(names=("SGD", "LinBreg", "AdaBreg"), seeds=(0,), epochs=3,
+                         progress=False)
+    by = {r.name: r for r in results}
+    assert by["SGD"].weight_density == 1.0 and by["SGD"].test_accuracy > 85
+    # the Bregman runs start at 1% and grow, but stay far below dense after 3 epochs
+    for name in ("LinBreg", "AdaBreg"):
+        assert 0.01 < by[name].weight_density < 0.10
+        assert by[name].test_accuracy > 80
+    table = ex.summarize(results)
+    assert table["LinBreg"]["runs"] == 1 and table["SGD"]["nonzero_percent_mean"] == 100.0
+
+
+@pytest.mark.parametrize("script", ["benchmarks/optim_step.py"])
+def test_benchmark_quick_mode_prints_json(script):
+    out = subprocess.run([sys.executable, str(ROOT / script), "--quick"], capture_output=True,
+                         text=True, check=True, cwd=ROOT, timeout=600)
+    data = json.loads(out.stdout)
+    assert set(data["results"]) == {"isolated", "in_loop"}
+    rows = data["results"]["in_loop"]
+    assert "adabreg_l1_fused_vs_adam" in rows
+    assert "linbreg_momentum_group_l12_plain_vs_sgd_momentum" in rows
+    for row in rows.values():
+        assert row["ms"] > 0 and row["baseline_ms"] > 0 and 0.01 < row["ratio"] < 100
