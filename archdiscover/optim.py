@@ -107,7 +107,7 @@ class RegularizedOptimizer(Optimizer):
         """Replace the regularizer of ``group`` (an index or a param group dict).
 
         Bregman optimizers also rewrite their subgradients ``v`` so that the current
-        parameters stay a fixed point of the new prox (see :meth:`LinBreg.set_reg`).
+        parameters stay a fixed point of the new prox (see ``LinBreg._reg_changed``).
         """
         g = self.param_groups[group] if isinstance(group, int) else group
         new = as_regularizer(reg, where=f"{type(self).__name__}.set_reg")
@@ -194,7 +194,7 @@ def _apply_prox_(params: list[Tensor], vs: list[Tensor], delta: float, reg: Regu
 # ---------------------------------------------------------------------------------------------
 # torch.compile support
 # ---------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiler_available_for(device_type: str) -> bool:
     if device_type == "cpu":
         return any(shutil.which(cc) for cc in ("cc", "gcc", "clang", "g++", "c++"))
@@ -311,8 +311,7 @@ def _linbreg_kernel(
         v = vs[i] - d * lr
         kind, dims = specs[i]
         theta = _shrink(v * delta, kind, t * delta, dims)
-        # all writes after all reads: inductor then fuses a group prox's norm into one
-        # row-wise kernel instead of materializing v first
+        # every write comes after every read of this tensor's old state
         if use_momentum:
             bufs[i].copy_(buf)
         vs[i].copy_(v)
@@ -336,6 +335,10 @@ class _FusedBatch:
         self.groups: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
         self.lists: list[list[Any]] = []
         self.hyper: list[float] = []
+
+    def accepts(self, params: list[Tensor]) -> bool:
+        """One compiled call runs on one device: later groups must match the first."""
+        return not self.lists or params[0].device == self.lists[0][0].device
 
     def add(
         self,
@@ -445,7 +448,7 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
             specs = [_prox_spec(group["reg"], p) for p in params]
             mom = group["momentum"]
             fresh = mom != 0.0 and any(b is None for b in bufs)
-            if not fresh and self._use_fused(params, specs):
+            if not fresh and self._use_fused(params, specs) and batch.accepts(params):
                 lr, delta, damp = float(group["lr"]), group["delta"], group["dampening"]
                 # without momentum the kernel never reads bufs[i]: any tensor holds the place
                 placeholders = [b if b is not None else g for b, g in zip(bufs, grads, strict=True)]
@@ -653,7 +656,7 @@ class AdaBreg(_FusedMixin, RegularizedOptimizer):
             bc2_sqrts = [(1.0 - beta2**k) ** 0.5 for k in ks]
             specs = [_prox_spec(reg, p) for p in params]
             plain_args = (params, grads, vs, ms, ss, step_sizes, bc2_sqrts)
-            if self._use_fused(params, specs):
+            if self._use_fused(params, specs) and batch.accepts(params):
                 batch.add(
                     group,
                     plain_args,

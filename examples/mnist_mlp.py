@@ -72,8 +72,15 @@ RUNS: dict[str, tuple[Callable[[nn.Module], torch.optim.Optimizer], bool]] = {
 }
 
 
-def train(name: str, split: Split, *, epochs: int = EPOCHS, seed: int = 0,
-          batch_size: int = BATCH, progress: bool = True) -> tuple[nn.Module, Result]:
+def train(
+    name: str,
+    split: Split,
+    *,
+    epochs: int = EPOCHS,
+    seed: int = 0,
+    batch_size: int = BATCH,
+    progress: bool = True,
+) -> tuple[nn.Module, Result]:
     """Train the paper's MLP with the optimizer ``RUNS[name]``."""
     make_optimizer, sparse = RUNS[name]
     torch.manual_seed(seed)
@@ -81,11 +88,20 @@ def train(name: str, split: Split, *, epochs: int = EPOCHS, seed: int = 0,
     opt = make_optimizer(model)
     if sparse:
         sparse_init_(model, density=0.01, reg=opt, generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(split.train, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        split.train,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     t0 = time.perf_counter()
-    bar = tqdm(range(epochs), desc=f"{name:>8} seed {seed}", disable=not progress,
-               leave=False, mininterval=1.0)
+    bar = tqdm(
+        range(epochs),
+        desc=f"{name:>8} seed {seed}",
+        disable=not progress,
+        leave=False,
+        mininterval=1.0,
+    )
     for _ in bar:
         for x, y in loader:
             opt.zero_grad(set_to_none=True)
@@ -93,13 +109,16 @@ def train(name: str, split: Split, *, epochs: int = EPOCHS, seed: int = 0,
             opt.step()
         bar.set_postfix(density=f"{sparsity_report(model).weight_density:.3f}")
     seconds = time.perf_counter() - t0
-    res = Result(name, seed, evaluate(model, split), sparsity_report(model).weight_density,
-                 seconds)
+    res = Result(name, seed, evaluate(model, split), sparsity_report(model).weight_density, seconds)
     return model, res
 
 
-def compare(names: Sequence[str] = tuple(RUNS), seeds: Sequence[int] = (0, 1, 2),
-            epochs: int = EPOCHS, progress: bool = True) -> list[Result]:
+def compare(
+    names: Sequence[str] = tuple(RUNS),
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = EPOCHS,
+    progress: bool = True,
+) -> list[Result]:
     out = []
     for seed in seeds:
         split = mnist5k(seed=seed)
@@ -116,10 +135,14 @@ def summarize(results: list[Result]) -> dict[str, dict[str, float]]:
         acc = [r.test_accuracy for r in rs]
         dens = [100.0 * r.weight_density for r in rs]
         sd = statistics.stdev if len(rs) > 1 else (lambda _: 0.0)
-        table[name] = {"accuracy_mean": statistics.mean(acc), "accuracy_std": sd(acc),
-                       "nonzero_percent_mean": statistics.mean(dens),
-                       "nonzero_percent_std": sd(dens),
-                       "seconds_mean": statistics.mean(r.seconds for r in rs), "runs": len(rs)}
+        table[name] = {
+            "accuracy_mean": statistics.mean(acc),
+            "accuracy_std": sd(acc),
+            "nonzero_percent_mean": statistics.mean(dens),
+            "nonzero_percent_std": sd(dens),
+            "seconds_mean": statistics.mean(r.seconds for r in rs),
+            "runs": len(rs),
+        }
     return table
 
 
@@ -133,22 +156,30 @@ def main() -> None:
 
     if args.demo:
         split = mnist5k(seed=args.seeds[0])
-        print(f"MNIST 5k subset: {len(split.train)} train / {len(split.test)} test images; "
-              f"MLP 784-200-80-10, LinBreg (L1, lam 0.03), 1% sparse start")
+        print(
+            f"MNIST 5k subset: {len(split.train)} train / {len(split.test)} test images; "
+            f"MLP 784-200-80-10, LinBreg (L1, lam 0.03), 1% sparse start"
+        )
         model, res = train("LinBreg", split, epochs=args.epochs, seed=args.seeds[0])
         print(sparsity_report(model))
-        print(f"LinBreg: test accuracy {res.test_accuracy:.1f}%, "
-              f"{100 * res.weight_density:.1f}% of weights non-zero ({res.seconds:.0f} s)")
+        print(
+            f"LinBreg: test accuracy {res.test_accuracy:.1f}%, "
+            f"{100 * res.weight_density:.1f}% of weights non-zero ({res.seconds:.0f} s)"
+        )
         return
     results = compare(seeds=args.seeds, epochs=args.epochs)
     table = summarize(results)
-    print(f"MNIST 5k subset, MLP 784-200-80-10, {args.epochs} epochs, batch {BATCH}, "
-          f"seeds {args.seeds}")
+    print(
+        f"MNIST 5k subset, MLP 784-200-80-10, {args.epochs} epochs, batch {BATCH}, "
+        f"seeds {args.seeds}"
+    )
     print(f"{'optimizer':<10}{'test accuracy %':>18}{'non-zero weights %':>22}{'s/run':>8}")
     for name, row in table.items():
-        print(f"{name:<10}{row['accuracy_mean']:>11.2f} +- {row['accuracy_std']:.2f}"
-              f"{row['nonzero_percent_mean']:>15.2f} +- {row['nonzero_percent_std']:.2f}"
-              f"{row['seconds_mean']:>8.1f}")
+        print(
+            f"{name:<10}{row['accuracy_mean']:>11.2f} +- {row['accuracy_std']:.2f}"
+            f"{row['nonzero_percent_mean']:>15.2f} +- {row['nonzero_percent_std']:.2f}"
+            f"{row['seconds_mean']:>8.1f}"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"runs": [asdict(r) for r in results], "summary": table}, fh, indent=2)

@@ -20,8 +20,7 @@ def _load(path: Path):
 
 def test_mnist_mlp_example_short_run():
     ex = _load(ROOT / "examples" / "mnist_mlp.py")
-    results = ex.compare(names=("SGD", "LinBreg", "AdaBreg"), seeds=(0,), epochs=3,
-                         progress=False)
+    results = ex.compare(names=("SGD", "LinBreg", "AdaBreg"), seeds=(0,), epochs=3, progress=False)
     by = {r.name: r for r in results}
     assert by["SGD"].weight_density == 1.0 and by["SGD"].test_accuracy > 85
     # the Bregman runs start at 1% and grow, but stay far below dense after 3 epochs
@@ -34,8 +33,14 @@ def test_mnist_mlp_example_short_run():
 
 @pytest.mark.parametrize("script", ["benchmarks/optim_step.py"])
 def test_benchmark_quick_mode_prints_json(script):
-    out = subprocess.run([sys.executable, str(ROOT / script), "--quick"], capture_output=True,
-                         text=True, check=True, cwd=ROOT, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / script), "--quick"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     data = json.loads(out.stdout)
     assert set(data["results"]) == {"isolated", "in_loop"}
     rows = data["results"]["in_loop"]
