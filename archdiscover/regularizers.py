@@ -243,22 +243,28 @@ class GroupL12(Regularizer):
 
 
 # -- kernels shared with the optimizers (pure functions, torch.compile friendly) ------------
-def soft_shrink(x: Tensor, thresh: float | Tensor) -> Tensor:
+def soft_shrink(x: Tensor, thresh: float | Tensor, out: Tensor | None = None) -> Tensor:
     """``sign(x) * max(|x| - thresh, 0)``: the prox of ``thresh * ||.||_1``.
 
     Computed as ``x - clamp(x, -thresh, thresh)``: the same value bit for bit (exact zeros
-    inside the threshold, ``x -+ thresh`` outside), in two passes instead of four.
+    inside the threshold, ``x -+ thresh`` outside), in two passes instead of four. With
+    ``out`` (not aliasing ``x``) the result is written there without a temporary.
     """
-    return x - torch.clamp(x, -thresh, thresh)
+    if out is None:
+        return x - torch.clamp(x, -thresh, thresh)
+    torch.clamp(x, -thresh, thresh, out=out)
+    return torch.sub(x, out, out=out)
 
 
-def group_shrink(x: Tensor, thresh: float | Tensor, dims: tuple[int, ...]) -> Tensor:
+def group_shrink(
+    x: Tensor, thresh: float | Tensor, dims: tuple[int, ...], out: Tensor | None = None
+) -> Tensor:
     """``x_g * max(0, 1 - thresh / ||x_g||)`` with the norm over ``dims`` (prox of a group norm)."""
     if not dims:
-        return soft_shrink(x, thresh)
+        return soft_shrink(x, thresh, out=out)
     norms = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
     scale = torch.clamp_min(1.0 - thresh / norms.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
-    return x * scale
+    return x * scale if out is None else torch.mul(x, scale, out=out)
 
 
 def _random_mask(

@@ -279,8 +279,8 @@ def test_compile_failure_falls_back_to_plain_path_with_one_warning(monkeypatch):
     monkeypatch.setattr(optim_mod, "_compiler_available", lambda device: True)
     x, y = _data()
     m1, m2 = _net(), _net()
-    o1 = LinBreg(_groups(m1, L1(0.01)), lr=0.05, momentum=0.9)  # fused=None: auto
-    o2 = LinBreg(_groups(m2, L1(0.01)), lr=0.05, momentum=0.9, fused=False)
+    o1 = AdaBreg(_groups(m1, L1(0.01)), lr=0.01)  # fused=None: auto
+    o2 = AdaBreg(_groups(m2, L1(0.01)), lr=0.01, fused=False)
     with pytest.warns(RuntimeWarning, match="no compiler here"):
         _train(m1, o1, 3, x, y)
     with warnings.catch_warnings():
@@ -289,11 +289,27 @@ def test_compile_failure_falls_back_to_plain_path_with_one_warning(monkeypatch):
     _train(m2, o2, 6, x, y)
     for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
         assert torch.equal(a, b)
-    o3 = LinBreg(_groups(_net(), L1(0.01)), lr=0.05, momentum=0.9, fused=True)
     m3 = _net()
     o3 = LinBreg(_groups(m3, L1(0.01)), lr=0.05, momentum=0.9, fused=True)
     with pytest.raises(RuntimeError, match="no compiler here"):
         _train(m3, o3, 3, x, y)
+
+
+def test_default_compiles_adabreg_but_not_linbreg_on_cpu(monkeypatch):
+    compiled = []
+
+    def spy(fn):
+        compiled.append(fn.__name__)
+        return fn  # run the kernel eagerly
+
+    monkeypatch.setattr(optim_mod, "_own_compiled", spy)
+    monkeypatch.setattr(optim_mod, "_compiler_available", lambda device: True)
+    x, y = _data()
+    model = _net()
+    _train(model, LinBreg(_groups(model, L1(0.01)), lr=0.05, momentum=0.9), 3, x, y)
+    assert compiled == []
+    _train(model, AdaBreg(_groups(model, L1(0.01)), lr=0.01), 3, x, y)
+    assert compiled == ["_adabreg_kernel"]
 
 
 def test_no_compiler_means_plain_path(monkeypatch):
