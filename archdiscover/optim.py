@@ -24,9 +24,9 @@ With ``reg=None`` (``J = 0``) and ``delta = 1`` the iterations are plain SGD / A
 plus one vectorized prox per tensor) and a fused one, compiled with :func:`torch.compile`
 into one pass over memory per tensor, one call for all param groups. ``fused=True`` always
 compiles, ``fused=False`` never; ``fused=None`` (default) compiles where that measured
-faster -- AdaBreg on CPU and CUDA, LinBreg on CUDA only (on CPU its plain path was as fast
-inside a training loop) -- when a compiler is available, and falls back to the plain path,
-with one warning, if compilation fails.
+faster -- everything on CUDA; on CPU everything but LinBreg's group-sparse param groups,
+whose compiled row-norm kernel was slower than the plain path -- when a compiler is
+available, and falls back to the plain path, with one warning, if compilation fails.
 """
 
 from __future__ import annotations
@@ -231,6 +231,8 @@ class _FusedMixin:
     _fused: bool | None
     #: device types where ``fused=None`` compiles (where compiling measured faster)
     _auto_fused_devices: tuple[str, ...] = ("cpu", "cuda")
+    #: prox kinds that ``fused=None`` leaves on the plain path on CPU
+    _auto_plain_kinds_on_cpu: tuple[str, ...] = ()
 
     def _init_fused(self, fused: bool | None, kernel: Callable[..., Any]) -> None:
         if fused not in (None, True, False):
@@ -251,7 +253,9 @@ class _FusedMixin:
         if any(p.device != device for p in params):
             return False
         if self._fused is None and (
-            device.type not in self._auto_fused_devices or not _compiler_available(device)
+            device.type not in self._auto_fused_devices
+            or not _compiler_available(device)
+            or (device.type == "cpu" and any(s[0] in self._auto_plain_kinds_on_cpu for s in specs))
         ):
             return False
         return True
@@ -382,7 +386,8 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
             ``delta * lr``.
         momentum, dampening, nesterov: as in ``torch.optim.SGD``.
         fused: ``True`` compiles the update with ``torch.compile``, ``False`` never;
-            ``None`` compiles on CUDA when triton is available (falling back with a warning).
+            ``None`` compiles when a compiler is available (a C compiler on CPU, triton on
+            CUDA), except group-sparse param groups on CPU; it falls back with a warning.
 
     Example:
         >>> model = torch.nn.Linear(784, 10)
@@ -391,9 +396,9 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
         >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10)
     """
 
-    # On CPU the plain foreach path measured as fast as the compiled one inside a training
-    # loop (benchmarks/optim_step.py, "in_loop"), without the compile time: compile on CUDA only.
-    _auto_fused_devices = ("cuda",)
+    # On CPU, inductor's kernel for a group prox (a row norm, then a scale) measured slower
+    # than the plain path (benchmarks/optim_step.py): fused=None keeps such groups plain there.
+    _auto_plain_kinds_on_cpu = ("group",)
 
     def __init__(
         self,

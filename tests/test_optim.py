@@ -295,21 +295,28 @@ def test_compile_failure_falls_back_to_plain_path_with_one_warning(monkeypatch):
         _train(m3, o3, 3, x, y)
 
 
-def test_default_compiles_adabreg_but_not_linbreg_on_cpu(monkeypatch):
-    compiled = []
+def test_default_policy_leaves_only_linbreg_group_prox_uncompiled_on_cpu(monkeypatch):
+    calls = []
 
     def spy(fn):
-        compiled.append(fn.__name__)
-        return fn  # run the kernel eagerly
+        def run(*args):
+            calls.append((fn.__name__, len(args[0])))  # kernel name, number of tensors
+            return fn(*args)  # run the kernel eagerly
+
+        return run
 
     monkeypatch.setattr(optim_mod, "_own_compiled", spy)
     monkeypatch.setattr(optim_mod, "_compiler_available", lambda device: True)
     x, y = _data()
     model = _net()
     _train(model, LinBreg(_groups(model, L1(0.01)), lr=0.05, momentum=0.9), 3, x, y)
-    assert compiled == []
-    _train(model, AdaBreg(_groups(model, L1(0.01)), lr=0.01), 3, x, y)
-    assert compiled == ["_adabreg_kernel"]
+    assert set(calls) == {("_linbreg_kernel", 4)}  # 2 weights + 2 biases, one call per step
+    calls.clear()
+    _train(model, LinBreg(_groups(model, GroupL12(0.01)), lr=0.05, momentum=0.9), 3, x, y)
+    assert set(calls) == {("_linbreg_kernel", 2)}  # the biases only: group prox stays plain
+    calls.clear()
+    _train(model, AdaBreg(_groups(model, GroupL12(0.01)), lr=0.01), 3, x, y)
+    assert set(calls) == {("_adabreg_kernel", 4)}
 
 
 def test_no_compiler_means_plain_path(monkeypatch):
