@@ -192,6 +192,20 @@ def _apply_prox_(params: list[Tensor], vs: list[Tensor], delta: float, reg: Regu
             group_shrink(x, delta * spec[1], spec[2], out=p)
 
 
+def _evaluate(closure: Callable[[], float] | None) -> float | None:
+    """The loss from ``closure`` (with gradients enabled), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def _initial_v(p: Tensor, delta: float, reg: Regularizer) -> Tensor:
+    """``theta / delta + p0`` with ``p0 in dJ(theta)``: theta is a fixed point of the prox."""
+    theta = p.detach()
+    return (theta / delta + reg.subgradient(theta)).to(p.dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.compile support
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +293,12 @@ class _FusedMixin:
             )
             return False
         return True
+
+    def _flush(self, batch: _FusedBatch) -> None:
+        """Run the step's one compiled call; if compilation fails, each group's plain update."""
+        if batch.groups and not self._run_fused(*batch.lists, _hyper(batch.hyper, batch.lists[0])):
+            for group, args in batch.groups:
+                self._plain_update(group, *args)  # type: ignore[attr-defined]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # type: ignore[misc]
@@ -440,8 +460,7 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
         for p in params:
             state = self.state[p]
             if "v" not in state:
-                # v0 = theta0 / delta + p0, p0 in dJ(theta0): theta0 is a fixed point.
-                state["v"] = (p.detach() / delta + reg.subgradient(p.detach())).to(p.dtype)
+                state["v"] = _initial_v(p, delta, reg)
             grads.append(p.grad)
             vs.append(state["v"])
             bufs.append(state.get("momentum_buffer"))
@@ -450,10 +469,7 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         batch = _FusedBatch()
         for group in self.param_groups:
             params, grads, vs, bufs = self._init_group(group)
@@ -481,9 +497,7 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
                 )
             else:
                 self._plain_update(group, params, grads, vs, bufs)
-        if batch.groups and not self._run_fused(*batch.lists, _hyper(batch.hyper, batch.lists[0])):
-            for group, args in batch.groups:
-                self._plain_update(group, *args)
+        self._flush(batch)
         return loss
 
     def _plain_update(
@@ -536,11 +550,11 @@ def _rebase_subgradients(
             if "v" not in st:
                 continue
             v = st["v"]
-            base = p.detach() / delta
             if old.same_structure(new) and old.lam > 0:
+                base = p.detach() / delta
                 v.copy_(base + (v - base) * (new.lam / old.lam))
             else:
-                v.copy_(base + new.subgradient(p.detach()))
+                v.copy_(_initial_v(p, delta, new))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,10 +655,7 @@ class AdaBreg(_FusedMixin, RegularizedOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         batch = _FusedBatch()
         for group in self.param_groups:
             params = self._params_with_grad(group)
@@ -658,7 +669,7 @@ class AdaBreg(_FusedMixin, RegularizedOptimizer):
                 st = self.state[p]
                 if "v" not in st:
                     st["step"] = torch.tensor(0.0)
-                    st["v"] = (p.detach() / delta + reg.subgradient(p.detach())).to(p.dtype)
+                    st["v"] = _initial_v(p, delta, reg)
                     st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 grads.append(p.grad)
@@ -685,9 +696,7 @@ class AdaBreg(_FusedMixin, RegularizedOptimizer):
                 )
             else:
                 self._plain_update(group, *plain_args)
-        if batch.groups and not self._run_fused(*batch.lists, _hyper(batch.hyper, batch.lists[0])):
-            for group, args in batch.groups:
-                self._plain_update(group, *args)
+        self._flush(batch)
         return loss
 
     def _plain_update(
@@ -736,10 +745,7 @@ class ProxSGD(RegularizedOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             params = self._params_with_grad(group)
             if not params:
