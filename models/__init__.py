@@ -1,6 +1,20 @@
 """Supernets: plain ``nn.Module`` s registered by name; ``models.build(name, **kwargs)``."""
 
+from .autoencoder import ConvAutoencoder, DenseAutoencoder
+from .convnet import ConvNet
 from .mlp import MLP
 from .registry import available, build, register
+from .resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ["MLP", "available", "build", "register"]
+__all__ = [
+    "MLP",
+    "BasicBlock",
+    "Bottleneck",
+    "ConvAutoencoder",
+    "ConvNet",
+    "DenseAutoencoder",
+    "ResNet",
+    "available",
+    "build",
+    "register",
+]
