@@ -9,6 +9,9 @@ The training core:
 * :mod:`archdiscover.sparsity` -- ``report``.
 """
 
+from .compile import Compiled, CompileError, CompileReport, compile, load_compiled
+from .export import export_onnx, onnx_latency
+from .graph import ChannelGroup, Slice, channel_groups, inspect
 from .init import sparse_init_
 from .optim import AdaBreg, LinBreg, ProxSGD, RegularizedOptimizer
 from .regularizers import L1, GroupL12, Null, Regularizer
@@ -21,6 +24,10 @@ __version__ = "0.1.0"
 __all__ = [
     "L1",
     "AdaBreg",
+    "ChannelGroup",
+    "CompileError",
+    "CompileReport",
+    "Compiled",
     "GroupL12",
     "LamScheduler",
     "LinBreg",
@@ -28,7 +35,14 @@ __all__ = [
     "ProxSGD",
     "RegularizedOptimizer",
     "Regularizer",
+    "Slice",
     "SparsityReport",
+    "channel_groups",
+    "compile",
+    "export_onnx",
+    "inspect",
+    "load_compiled",
+    "onnx_latency",
     "sparse_init_",
     "sparsity_report",
 ]

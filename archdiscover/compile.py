@@ -243,7 +243,12 @@ class _Analysis:
                 )
             if padded:
                 xc = xc & (self._vals(ins[0]) == 0)
-            self.const[name] = xc.copy() if len(xc) == n else false
+            xc = xc.copy() if len(xc) == n else false
+            if kind == "norm":  # a zero scale makes the output the shift, whatever the input
+                m = g.gm.get_submodule(info.module)
+                if getattr(m, "weight", None) is not None:
+                    xc |= m.weight.detach().cpu().numpy() == 0
+            self.const[name] = xc
             return
         if kind == "cat":
             parts = [self.const[i] for i in info.inputs]
