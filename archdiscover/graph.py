@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,8 @@ from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .regularizers import CoupledGroupL12, Null, Regularizer
+
 __all__ = [
     "ChannelGraph",
     "ChannelGroup",
@@ -53,6 +55,7 @@ __all__ = [
     "Slice",
     "TraceError",
     "channel_groups",
+    "coupled_param_groups",
     "inspect",
     "trace",
 ]
@@ -478,8 +481,9 @@ def trace(model: nn.Module, example_inputs: Inputs) -> ChannelGraph:
     """
     inputs = _as_tuple(example_inputs)
     gm = symbolic_trace(model)
-    was_training = model.training
+    flags = {m: m.training for m in model.modules()} | {m: m.training for m in gm.modules()}
     try:
+        gm.eval()  # no BatchNorm statistics update, no dropout
         with torch.no_grad():
             ShapeProp(gm).propagate(*inputs)
     except Exception as e:
@@ -488,7 +492,8 @@ def trace(model: nn.Module, example_inputs: Inputs) -> ChannelGraph:
             f"propagation: {type(e).__name__}: {e}"
         ) from e
     finally:
-        model.train(was_training)
+        for m, flag in flags.items():
+            m.training = flag
     g = ChannelGraph(gm)
     for node in gm.graph.nodes:
         _visit(g, gm, node)
@@ -923,4 +928,65 @@ def producer_widths(model: nn.Module) -> dict[str, int]:
             out[n] = m.out_channels
         elif isinstance(m, nn.Linear):
             out[n] = m.out_features
+    return out
+
+
+def coupled_param_groups(
+    model: nn.Module,
+    example_inputs: Inputs,
+    lam: float,
+    *,
+    groups: Sequence[ChannelGroup] | None = None,
+    roles: Sequence[str] = ("out", "norm"),
+    others: Regularizer | None = None,
+) -> list[dict[str, Any]]:
+    """Optimizer param groups whose regularizer acts on whole coupled channel groups.
+
+    The first param group holds every parameter with a slice in a removable coupled group
+    (by default the producing rows and biases and the per-channel BatchNorm / depthwise
+    parameters, ``roles=("out", "norm")``) under one
+    :class:`~archdiscover.regularizers.CoupledGroupL12` of strength ``lam``: one prox zeros
+    a channel's conv filter, bias, BatchNorm scale and shift together (and, across residual
+    additions, every producer of that stream channel), which makes its output exactly zero
+    so that :func:`archdiscover.compile` removes it. The second holds all other parameters
+    with ``others`` (default :class:`~archdiscover.regularizers.Null`).
+
+    Example:
+        >>> pg = coupled_param_groups(model, torch.randn(1, 3, 32, 32), lam=0.05)
+        >>> opt = archdiscover.LinBreg(pg, lr=0.1, momentum=0.9)
+        >>> archdiscover.sparse_init_(model, 0.1, reg=opt)  # 10% of the channels alive
+    """
+    roles = tuple(roles)
+    if not set(roles) <= {"out", "norm", "in"} or not roles:
+        raise ValueError(f"roles must be a non-empty subset of ('out', 'norm', 'in'), got {roles}")
+    if groups is None:
+        groups = channel_groups(model, example_inputs)
+    index: dict[int, tuple[int, np.ndarray]] = {}  # id(param) -> (dim, ids)
+    tensors: dict[int, nn.Parameter] = {}
+    for gid, grp in enumerate(groups):
+        for s in grp.params(roles):
+            p = getattr(model.get_submodule(s.module), s.param)
+            if not isinstance(p, nn.Parameter):
+                continue
+            key = id(p)
+            if key not in index:
+                index[key] = (s.dim, np.full(p.shape[s.dim], -1, dtype=np.int64))
+                tensors[key] = p
+            dim, ids = index[key]
+            if dim != s.dim:
+                raise ValueError(
+                    f"{s.module}.{s.param} is sliced along dims {dim} and {s.dim} by the "
+                    f"chosen roles {roles}; a coupled group regularizer needs one dim per tensor"
+                )
+            ids[list(s.index)] = gid
+    order = [k for k in tensors]  # insertion order: graph order
+    coupled = [tensors[k] for k in order]
+    reg = CoupledGroupL12(lam, [(index[k][0], index[k][1].tolist()) for k in order])
+    chosen = set(order)
+    rest = [p for p in model.parameters() if id(p) not in chosen]
+    out: list[dict[str, Any]] = [{"params": coupled, "reg": reg, "name": "coupled"}]
+    if rest:
+        out.append(
+            {"params": rest, "reg": others if others is not None else Null(), "name": "other"}
+        )
     return out

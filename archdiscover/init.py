@@ -87,9 +87,13 @@ def sparse_init_(
         if unknown:
             raise ValueError(f"sparse_init_: no module named {unknown[0]!r} in the model")
     by_param: dict[Tensor, Regularizer] = {}
+    joint_masks: dict[Tensor, Tensor] = {}
     if isinstance(reg, Optimizer):
         for group in reg.param_groups:
             group_reg = group.get("reg")
+            if getattr(group_reg, "joint", False):
+                joint_masks.update(_joint_masks(group["params"], group_reg, density, generator))
+                continue
             for p in group["params"]:
                 if isinstance(group_reg, Regularizer):
                     by_param[p] = group_reg
@@ -111,14 +115,40 @@ def sparse_init_(
                     f"sparse_init_: reg must be None, a Regularizer, a mapping of "
                     f"module names to regularizers or an Optimizer, got {reg!r}"
                 )
-            if r is None:
-                continue
             w = module.weight
-            mask = r.group_mask(w.shape, density, generator)
+            if w in joint_masks:
+                mask = joint_masks[w].expand(w.shape)
+            elif r is None:
+                continue
+            else:
+                mask = r.group_mask(w.shape, density, generator)
             kept = mask.float().mean().item()
             std = gain / math.sqrt(_fan_in(module) * kept)
             values = torch.randn(w.shape, generator=generator, dtype=w.dtype) * std
             w.copy_((values * mask).to(w.device))
             if zero_bias and module.bias is not None:
                 module.bias.zero_()
+        # the other tensors of coupled groups (BatchNorm scale and shift, biases): dropped
+        # channels are zeroed so that the whole group starts exactly at zero
+        for p, mask in joint_masks.items():
+            p.mul_(mask.to(p.dtype))
     return model
+
+
+def _joint_masks(
+    params: list[Tensor], reg: Regularizer, density: float, generator: torch.Generator | None
+) -> dict[Tensor, Tensor]:
+    """Keep ``max(1, round(density * n_groups))`` random coupled groups: a mask per tensor,
+    shaped to broadcast along the tensor's group dim (slices in no group are kept)."""
+    n = reg.n_groups  # type: ignore[attr-defined]
+    keep = torch.zeros(n + 1, dtype=torch.bool)
+    k = min(n, max(1, round(density * n)))
+    keep[torch.randperm(n, generator=generator)[:k]] = True
+    keep[n] = True
+    out: dict[Tensor, Tensor] = {}
+    for p, (dim, ids) in zip(params, reg.index, strict=True):  # type: ignore[attr-defined]
+        idx = torch.tensor([j if j >= 0 else n for j in ids])
+        shape = [1] * p.dim()
+        shape[dim] = p.shape[dim]
+        out[p] = keep[idx].view(shape).to(p.device)
+    return out

@@ -137,10 +137,14 @@ class RegularizedOptimizer(Optimizer):
 
     # -- helpers ----------------------------------------------------------------------------------
     def _params_with_grad(self, group: dict[str, Any]) -> list[Tensor]:
+        joint = _is_joint(group["reg"])
         out = []
         for p in group["params"]:
             if p.grad is None:
-                continue
+                if not joint:
+                    continue
+                # a coupled regularizer's prox needs every tensor of its group
+                p.grad = torch.zeros_like(p)
             if p.grad.is_sparse:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients "
@@ -173,8 +177,17 @@ def _shrink(x: Tensor, kind: str, thresh: float | Tensor, dims: tuple[int, ...])
     return group_shrink(x, thresh, dims)
 
 
+def _is_joint(reg: Any) -> bool:
+    """True for regularizers coupling all tensors of a param group (``CoupledGroupL12``)."""
+    return bool(getattr(reg, "joint", False))
+
+
 def _apply_prox_(params: list[Tensor], vs: list[Tensor], delta: float, reg: Regularizer) -> None:
     """``theta = prox_{delta J}(delta * v)`` for each tensor, in place in ``params``."""
+    if _is_joint(reg) and not reg.is_null:
+        xs = vs if delta == 1.0 else torch._foreach_mul(vs, delta)
+        reg.prox_all(xs, delta, out=params)  # type: ignore[attr-defined]
+        return
     if reg.is_null:
         if delta == 1.0:
             torch._foreach_copy_(params, vs)
@@ -204,6 +217,28 @@ def _initial_v(p: Tensor, delta: float, reg: Regularizer) -> Tensor:
     """``theta / delta + p0`` with ``p0 in dJ(theta)``: theta is a fixed point of the prox."""
     theta = p.detach()
     return (theta / delta + reg.subgradient(theta)).to(p.dtype)
+
+
+def _initial_vs(params: list[Tensor], delta: float, reg: Regularizer) -> list[Tensor]:
+    """:func:`_initial_v` for each tensor; a coupled regularizer sees them all at once."""
+    if not _is_joint(reg):
+        return [_initial_v(p, delta, reg) for p in params]
+    thetas = [p.detach() for p in params]
+    if reg.is_null:
+        subs = [torch.zeros_like(t) for t in thetas]
+    else:
+        subs = reg.subgradient_all(thetas)  # type: ignore[attr-defined]
+    return [(t / delta + s).to(t.dtype) for t, s in zip(thetas, subs, strict=True)]
+
+
+def _ensure_v(
+    state: Mapping[Tensor, dict[str, Any]], params: list[Tensor], delta: float, reg: Regularizer
+) -> list[Tensor]:
+    """The missing subgradient variables ``v`` of ``params`` are created (in ``state``)."""
+    if any("v" not in state[p] for p in params):
+        for p, v in zip(params, _initial_vs(params, delta, reg), strict=True):
+            state[p].setdefault("v", v)
+    return [state[p]["v"] for p in params]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,15 +490,11 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
         self, group: dict[str, Any]
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor | None]]:
         params = self._params_with_grad(group)
-        grads, vs, bufs = [], [], []
-        reg, delta = group["reg"], group["delta"]
+        grads, bufs = [], []
+        vs = _ensure_v(self.state, params, group["delta"], group["reg"])
         for p in params:
-            state = self.state[p]
-            if "v" not in state:
-                state["v"] = _initial_v(p, delta, reg)
             grads.append(p.grad)
-            vs.append(state["v"])
-            bufs.append(state.get("momentum_buffer"))
+            bufs.append(self.state[p].get("momentum_buffer"))
         return params, grads, vs, bufs
 
     @torch.no_grad()
@@ -544,17 +575,16 @@ def _rebase_subgradients(
     new: Regularizer,
 ) -> None:
     delta = group["delta"]
+    params = [p for p in group["params"] if "v" in state.get(p, {})]
     with torch.no_grad():
-        for p in group["params"]:
-            st = state.get(p, {})
-            if "v" not in st:
-                continue
-            v = st["v"]
-            if old.same_structure(new) and old.lam > 0:
+        if old.same_structure(new) and old.lam > 0:
+            for p in params:
+                v = state[p]["v"]
                 base = p.detach() / delta
                 v.copy_(base + (v - base) * (new.lam / old.lam))
-            else:
-                v.copy_(_initial_v(p, delta, new))
+        elif params:
+            for p, v0 in zip(params, _initial_vs(params, delta, new), strict=True):
+                state[p]["v"].copy_(v0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,16 +694,15 @@ class AdaBreg(_FusedMixin, RegularizedOptimizer):
             reg, delta = group["reg"], group["delta"]
             beta1, beta2 = group["betas"]
             lr, eps = float(group["lr"]), group["eps"]
-            grads, vs, ms, ss, steps = [], [], [], [], []
+            grads, ms, ss, steps = [], [], [], []
+            vs = _ensure_v(self.state, params, delta, reg)
             for p in params:
                 st = self.state[p]
-                if "v" not in st:
+                if "step" not in st:
                     st["step"] = torch.tensor(0.0)
-                    st["v"] = _initial_v(p, delta, reg)
                     st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 grads.append(p.grad)
-                vs.append(st["v"])
                 ms.append(st["exp_avg"])
                 ss.append(st["exp_avg_sq"])
                 steps.append(st["step"])
@@ -752,7 +781,9 @@ class ProxSGD(RegularizedOptimizer):
                 continue
             lr, reg = float(group["lr"]), group["reg"]
             torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
-            if not reg.is_null:
+            if _is_joint(reg) and not reg.is_null:
+                reg.prox_all([p.clone() for p in params], lr, out=params)  # type: ignore[attr-defined]
+            elif not reg.is_null:
                 for p in params:
                     p.copy_(reg.prox(p, lr))
         return loss

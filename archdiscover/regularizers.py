@@ -23,6 +23,7 @@ from torch import Tensor
 
 __all__ = [
     "L1",
+    "CoupledGroupL12",
     "GroupL12",
     "Null",
     "Regularizer",
@@ -240,6 +241,160 @@ class GroupL12(Regularizer):
                 f"GroupL12(axis={self.axis}) cannot group a tensor of shape {tuple(shape)}"
             )
         return _random_mask(shape, self.axis, density, generator)
+
+
+class CoupledGroupL12(Regularizer):
+    """Group sparsity over *coupled* groups that span several tensors of one param group.
+
+    ``J(x_1, ..., x_k) = lam * sum_g sqrt(|g|) * ||(x_1)_g, ..., (x_k)_g||_2``: group ``g``
+    collects, in every tensor ``x_i`` of the param group, the slices along ``dim_i`` whose
+    group id is ``g`` (e.g. a conv's output filter, its bias, the BatchNorm scale and shift
+    of that channel, and the same stream channel's filters in other residual blocks). Its
+    prox scales each whole group by ``max(0, 1 - tau * lam * sqrt(|g|) / ||x_g||)``, so one
+    prox zeros all of a channel's slices at once and the channel outputs exactly zero.
+
+    ``index[i] = (dim_i, ids_i)`` belongs to the ``i``-th tensor of the param group (same
+    order), ``ids_i[j]`` the group of slice ``j`` along ``dim_i`` or ``-1`` for none (left
+    unregularized). Build it with :func:`archdiscover.graph.coupled_param_groups` rather
+    than by hand. It acts on a whole param group: use :meth:`value_all`,
+    :meth:`prox_all` and :meth:`subgradient_all` (the optimizers do).
+    """
+
+    kind = "coupled_group_l12"
+    joint = True
+
+    def __init__(self, lam: float = 0.0, index: Sequence[Sequence[Any]] = ()) -> None:
+        super().__init__(lam)
+        norm: list[tuple[int, tuple[int, ...]]] = []
+        for i, item in enumerate(index):
+            try:
+                dim, ids = item
+                dim, ids = int(dim), tuple(int(j) for j in ids)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"CoupledGroupL12: index[{i}] must be (dim, [group ids]), got {item!r}"
+                ) from None
+            if dim < 0 or any(j < -1 for j in ids):
+                raise ValueError(f"CoupledGroupL12: index[{i}] has a negative dim or group id")
+            norm.append((dim, ids))
+        self.index: tuple[tuple[int, tuple[int, ...]], ...] = tuple(norm)
+        self.n_groups = 1 + max((max(ids, default=-1) for _, ids in norm), default=-1)
+        self._cache: dict[Any, list[Tensor]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "lam": self.lam,
+            "index": [[d, list(ids)] for d, ids in self.index],
+        }
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.lam, self.index))
+
+    def __repr__(self) -> str:
+        n, k = self.n_groups, len(self.index)
+        return f"CoupledGroupL12(lam={self.lam!r}, {n} groups over {k} tensors)"
+
+    # -- single tensors: not meaningful --------------------------------------------------
+    def _single(self, *_: Any) -> Tensor:
+        raise TypeError(
+            "CoupledGroupL12 couples all tensors of a param group: call value_all / prox_all "
+            "/ subgradient_all with the group's tensors in order"
+        )
+
+    __call__ = prox = subgradient = _single  # type: ignore[assignment]
+
+    def group_mask(
+        self, shape: torch.Size, density: float, generator: torch.Generator | None = None
+    ) -> Tensor:
+        raise TypeError("CoupledGroupL12 masks are drawn per param group by sparse_init_")
+
+    # -- the joint maps -----------------------------------------------------------------
+    def _check(self, xs: Sequence[Tensor]) -> None:
+        if len(xs) != len(self.index):
+            raise ValueError(
+                f"CoupledGroupL12 was built for {len(self.index)} tensors, got {len(xs)}"
+            )
+        for i, (x, (dim, ids)) in enumerate(zip(xs, self.index, strict=True)):
+            if x.dim() <= dim or x.shape[dim] != len(ids):
+                raise ValueError(
+                    f"CoupledGroupL12: tensor {i} of shape {tuple(x.shape)} does not have "
+                    f"{len(ids)} slices along dim {dim}"
+                )
+
+    def _ids(self, xs: Sequence[Tensor]) -> list[Tensor]:
+        """Per tensor, the group id of each slice with ``n_groups`` standing for "none"."""
+        key = (xs[0].device, len(xs))
+        if key not in self._cache:
+            self._cache[key] = [
+                torch.tensor([j if j >= 0 else self.n_groups for j in ids], device=xs[0].device)
+                for _, ids in self.index
+            ]
+        return self._cache[key]
+
+    def _sizes(self, xs: Sequence[Tensor]) -> Tensor:
+        sizes = torch.zeros(self.n_groups + 1, dtype=torch.float64, device=xs[0].device)
+        for x, (dim, _), ids in zip(xs, self.index, self._ids(xs), strict=True):
+            per = x.numel() // max(1, x.shape[dim])
+            sizes.index_add_(
+                0, ids, torch.full(ids.shape, float(per), device=x.device, dtype=torch.float64)
+            )
+        return sizes[: self.n_groups]
+
+    def group_norms_all(self, xs: Sequence[Tensor]) -> Tensor:
+        """``||x_g||_2`` for every group ``g`` (a vector of length ``n_groups``)."""
+        self._check(xs)
+        sq = torch.zeros(self.n_groups + 1, dtype=xs[0].dtype, device=xs[0].device)
+        for x, (dim, _), ids in zip(xs, self.index, self._ids(xs), strict=True):
+            red = (
+                x.pow(2).sum(dim=[d for d in range(x.dim()) if d != dim])
+                if x.dim() > 1
+                else (x.pow(2))
+            )
+            sq.index_add_(0, ids, red.to(sq.dtype))
+        return sq[: self.n_groups].sqrt()
+
+    def value_all(self, xs: Sequence[Tensor]) -> Tensor:
+        """``J`` of the whole param group."""
+        norms = self.group_norms_all(xs)
+        return self.lam * (self._sizes(xs).to(norms.dtype).sqrt() * norms).sum()
+
+    def _scales(self, xs: Sequence[Tensor], factor: Tensor) -> list[Tensor]:
+        """``factor[g]`` broadcast along each tensor's dim (1 for unregularized slices)."""
+        ext = torch.cat([factor, factor.new_ones(1)])
+        out = []
+        for x, (dim, _), ids in zip(xs, self.index, self._ids(xs), strict=True):
+            shape = [1] * x.dim()
+            shape[dim] = x.shape[dim]
+            out.append(ext[ids].view(shape).to(x.dtype))
+        return out
+
+    def prox_all(
+        self, xs: Sequence[Tensor], tau: float, out: Sequence[Tensor] | None = None
+    ) -> list[Tensor]:
+        """The joint prox: each group scaled by ``max(0, 1 - tau lam sqrt(|g|) / ||x_g||)``."""
+        norms = self.group_norms_all(xs)
+        thresh = tau * self.lam * self._sizes(xs).to(norms.dtype).sqrt()
+        factor = torch.clamp_min(1.0 - thresh / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+        scales = self._scales(xs, factor)
+        if out is None:
+            return [x * s for x, s in zip(xs, scales, strict=True)]
+        for x, s, o in zip(xs, scales, out, strict=True):
+            torch.mul(x, s, out=o)
+        return list(out)
+
+    def subgradient_all(self, xs: Sequence[Tensor]) -> list[Tensor]:
+        """``lam sqrt(|g|) x_g / ||x_g||`` on non-zero groups, zero elsewhere."""
+        norms = self.group_norms_all(xs)
+        w = self.lam * self._sizes(xs).to(norms.dtype).sqrt()
+        factor = torch.where(norms > 0, w / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+        out = []
+        zero_none = torch.cat([factor, factor.new_zeros(1)])  # unregularized slices: 0
+        for x, (dim, _), ids in zip(xs, self.index, self._ids(xs), strict=True):
+            shape = [1] * x.dim()
+            shape[dim] = x.shape[dim]
+            out.append(x * zero_none[ids].view(shape).to(x.dtype))
+        return out
 
 
 # -- kernels shared with the optimizers (pure functions, torch.compile friendly) ------------
