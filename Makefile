@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) examples/mnist_mlp.py --demo
+	$(PY) examples/demo.py
 
 test: venv
 	$(PY) -m pytest -q
@@ -26,6 +26,7 @@ lint: venv
 
 bench: venv
 	$(PY) benchmarks/optim_step.py
+	$(PY) benchmarks/compile_resnet.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -938,6 +938,7 @@ def coupled_param_groups(
     *,
     groups: Sequence[ChannelGroup] | None = None,
     roles: Sequence[str] = ("out", "norm"),
+    params: Sequence[str] = ("weight", "bias"),
     others: Regularizer | None = None,
 ) -> list[dict[str, Any]]:
     """Optimizer param groups whose regularizer acts on whole coupled channel groups.
@@ -950,6 +951,15 @@ def coupled_param_groups(
     additions, every producer of that stream channel), which makes its output exactly zero
     so that :func:`archdiscover.compile` removes it. The second holds all other parameters
     with ``others`` (default :class:`~archdiscover.regularizers.Null`).
+
+    Growth versus pruning: a channel whose *whole* group is zero, bias and BatchNorm shift
+    included, feeds exactly 0 into its ReLU, and ``relu'(0) = 0`` in PyTorch, so it gets no
+    gradient and the inverse scale space can never add it back: with the default roles,
+    start from the channels you are willing to keep (a denser ``sparse_init_``). To let
+    Bregman iterations *add* channels from a very sparse start, regularize the filters
+    only (``roles=("out",), params=("weight",)``) and keep biases non-zero
+    (``sparse_init_(..., zero_bias=False)``): a dead channel then outputs a constant,
+    which ``compile`` folds into the next layer where that is exact.
 
     Example:
         >>> pg = coupled_param_groups(model, torch.randn(1, 3, 32, 32), lam=0.05)
@@ -965,6 +975,8 @@ def coupled_param_groups(
     tensors: dict[int, nn.Parameter] = {}
     for gid, grp in enumerate(groups):
         for s in grp.params(roles):
+            if s.param not in params:
+                continue
             p = getattr(model.get_submodule(s.module), s.param)
             if not isinstance(p, nn.Parameter):
                 continue

@@ -49,3 +49,33 @@ def test_benchmark_quick_mode_prints_json(script):
     assert "linbreg_momentum_group_l12_plain_vs_sgd_momentum" in rows
     for row in rows.values():
         assert row["ms"] > 0 and row["baseline_ms"] > 0 and 0.01 < row["ratio"] < 100
+
+
+def test_end_to_end_demo_quick(tmp_path):
+    demo = _load(ROOT / "examples" / "demo.py")
+    result = demo.run(epochs=4, widths=(100, 100), out_dir=tmp_path, progress=False)
+    assert result["onnxruntime_matches_predictions"] and result["onnxruntime_max_error"] <= 1e-5
+    assert result["test_accuracy"] > 75
+    # the inverse scale space grew the 5% start, but far from the 100 supernet units
+    assert all(5 <= w < 100 for w in result["discovered_widths"])
+    assert result["params"][1] < result["params"][0]
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "compiled.pt").is_file()
+
+
+def test_compile_resnet_benchmark_quick():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compile_resnet.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    data = json.loads(out.stdout)
+    for key in ("round_to=1", "round_to=auto"):
+        e = data[key]
+        assert e["params_after"] < e["params_before"] and e["flops_after"] < e["flops_before"]
+        assert e["max_error"] <= 1e-5 and e["compile_seconds"] > 0
+        assert set(e["speedup"]) == {"1", "8"} and all(v > 0 for v in e["speedup"].values())
+    assert data["round_to=auto"]["round_to_chosen"] in (1, 4, 8, 16)
+    assert set(data["targets"]) == {"compile_seconds_le_10", "auto_speedup_ge_0.9_flops_reduction"}
