@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import archdiscover as ad  # noqa: E402
-import models  # noqa: E402
-from archdiscover.export import compare_latency, export_onnx  # noqa: E402
+import archdiscover as ad
+import models
+from archdiscover.export import compare_latency, export_onnx
 
 
 def sparse_resnet(quick: bool, fraction: float, seed: int) -> tuple[torch.nn.Module, torch.Tensor]:

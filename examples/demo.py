@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import archdiscover as ad  # noqa: E402
-import models  # noqa: E402
-from archdiscover.data import mnist5k  # noqa: E402
-from archdiscover.export import compare_latency, export_onnx, ort_session  # noqa: E402
-from archdiscover.graph import coupled_param_groups  # noqa: E402
+import archdiscover as ad
+import models
+from archdiscover.data import mnist5k
+from archdiscover.export import compare_latency, export_onnx, ort_session
+from archdiscover.graph import coupled_param_groups
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -58,8 +58,9 @@ def run(
     model = models.build("mlp", in_features=784, widths=widths, out_features=10)
     groups = coupled_param_groups(model, xs[:2], lam, roles=("out",), params=("weight",))
     opt = ad.LinBreg(groups, lr=0.1, momentum=0.9)
-    ad.sparse_init_(model, density, reg=opt, zero_bias=False,
-                    generator=torch.Generator().manual_seed(seed))
+    ad.sparse_init_(
+        model, density, reg=opt, zero_bias=False, generator=torch.Generator().manual_seed(seed)
+    )
     gen = torch.Generator().manual_seed(seed)
     bar = tqdm(range(epochs), desc="train", disable=not progress)
     for _ in bar:
