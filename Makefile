@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) examples/demo.py
+	$(VENV)/bin/archdiscover demo
 
 test: venv
 	$(PY) -m pytest -q

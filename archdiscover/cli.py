@@ -1,0 +1,342 @@
+"""The ``archdiscover`` command line: train, compile, report, demo.
+
+    archdiscover train --config run.toml [--run-dir DIR] [--epochs 5 --lr 0.05 ...]
+    archdiscover compile RUN_DIR [--onnx model.onnx] [--round-to auto]
+    archdiscover report RUN_DIR
+    archdiscover demo
+
+Every config key of :class:`archdiscover.train.TrainConfig` is also a flag (``model_args``
+as JSON: ``--model-args '{"widths": [100, 100]}'``); flags override the TOML file. Errors
+(unknown key, wrong type, missing dataset, unknown model, unreadable checkpoint, a compiled
+model that does not verify) print one line on stderr and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_FAIL = 1
+
+
+class _Fail(Exception):
+    """An expected failure: print the message, exit with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------------
+# Config from TOML and flags
+# ---------------------------------------------------------------------------------------------
+def _read_toml(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise _Fail("reading TOML needs Python >= 3.11 or the tomli package") from None
+    if not path.is_file():
+        raise _Fail(f"config file {path} does not exist", EXIT_USAGE)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise _Fail(f"config file {path}: invalid TOML: {e}", EXIT_USAGE) from None
+
+
+def _flag_value(key: str, text: str, annotation: str) -> Any:
+    base = annotation.replace(" | None", "").strip()
+    if "None" in annotation and text.lower() in ("none", "null", ""):
+        return None
+    try:
+        if base == "int":
+            return int(text)
+        if base == "float":
+            return float(text)
+        if base.startswith(("dict", "list")):
+            return json.loads(text)
+    except (ValueError, json.JSONDecodeError):
+        raise _Fail(
+            f"--{key.replace('_', '-')}: expected {base}, got {text!r}", EXIT_USAGE
+        ) from None
+    return text
+
+
+def _config_from_args(args: argparse.Namespace) -> tuple[Any, pathlib.Path]:
+    from .train import ConfigError, TrainConfig
+
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values.update(_read_toml(args.config))
+    values.pop("run_dir", None) if args.run_dir else None
+    run_dir = args.run_dir or values.pop("run_dir", None)
+    for f in dataclasses.fields(TrainConfig):
+        text = getattr(args, f"cfg_{f.name}", None)
+        if text is not None:
+            values[f.name] = _flag_value(f.name, text, str(f.type))
+    where = str(args.config) if args.config else "flags"
+    try:
+        cfg = TrainConfig.from_dict(values, where=where)
+    except ConfigError as e:
+        raise _Fail(str(e), EXIT_USAGE) from None
+    if run_dir is None:
+        stem = args.config.stem if args.config else "run"
+        run_dir = pathlib.Path("runs") / stem
+    return cfg, pathlib.Path(run_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg, run_dir = _config_from_args(args)
+    result = train(cfg, run_dir, resume=not args.fresh, progress=not args.quiet)
+    last = result.last
+    metric = (
+        f"test PSNR {last['val_psnr']:.2f} dB"
+        if "val_psnr" in last
+        else f"test accuracy {last.get('val_accuracy', float('nan')):.2f}%"
+    )
+    print(
+        f"{run_dir}: {metric}, non-zero {last['density']:.2%}, active units "
+        f"{last['active_units']}; model in {run_dir / 'model.pt'}"
+    )
+    return 0
+
+
+def _example_inputs(run_dir: pathlib.Path, n: int) -> tuple[Any, Any]:
+    """The run's own test images (real data) as example inputs, and its config."""
+    from .train import ConfigError, TrainConfig, load_split
+
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise _Fail(f"{run_dir} is not a run directory (no config.json)", EXIT_USAGE)
+    try:
+        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()), where=str(cfg_path))
+    except (ConfigError, json.JSONDecodeError) as e:
+        raise _Fail(f"{cfg_path}: {e}", EXIT_USAGE) from None
+    split = load_split(cfg)
+    return split.test.tensors[0][:n], cfg
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    import torch
+
+    from .compile import compile as compile_model
+    from .export import compare_latency, export_onnx
+    from .train import load_trained
+
+    run_dir = args.run_dir
+    model, meta = load_trained(run_dir)
+    x, _cfg = _example_inputs(run_dir, 64)
+    round_to: int | str = args.round_to if args.round_to == "auto" else int(args.round_to)
+    batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    compiled = compile_model(model, x, round_to=round_to, auto_batch_sizes=batch_sizes)
+    onnx_path = args.onnx or run_dir / "model.onnx"
+    compiled.export_onnx(onnx_path)
+    compiled.save(run_dir / "compiled.pt")
+    print(compiled.report)
+    dense_path = export_onnx(model, run_dir / "supernet.onnx", x[:8])
+    lat = compare_latency(
+        dense_path, onnx_path, tuple(x.shape[1:]), batch_sizes, repeats=args.repeats, rounds=4
+    )
+    print(
+        f"\nONNX: {onnx_path} (verified in onnxruntime); compact model: {run_dir / 'compiled.pt'}"
+    )
+    print("onnxruntime latency, median ms (dense -> compact):")
+    for b, d in lat.items():
+        print(
+            f"  batch {b:>4}: {d['dense']['median_ms']:9.3f} -> {d['compact']['median_ms']:9.3f}"
+            f"  ({d['speedup']:.2f}x)"
+        )
+    with torch.no_grad():
+        same = (
+            bool((model(x).argmax(1) == compiled.model(x).argmax(1)).all())
+            if meta.get("task") == "classification"
+            else True
+        )
+    if not same:  # pragma: no cover - compile() verifies outputs already
+        raise _Fail("the compiled model's predictions differ from the trained model's")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .plots import report
+
+    paths = report(args.run_dir, args.out)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .compile import compile as compile_model
+    from .export import compare_latency, export_onnx, ort_session
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model="mlp",
+        model_args={
+            "in_features": 784,
+            "widths": [400, 400] if not args.quick else [100, 100],
+            "out_features": 10,
+        },
+        dataset="mnist5k",
+        optimizer="linbreg",
+        lr=0.1,
+        momentum=0.9,
+        regularizer="coupled_weights",
+        lam=0.5,
+        init_density=0.05,
+        epochs=15 if not args.quick else 4,
+        batch_size=64,
+    )
+    run_dir = args.out
+    print(
+        f"training a {cfg.model_args['widths']} MLP supernet on the MNIST 5k subset "
+        f"(LinBreg, row sparsity, 5% of the neurons at the start) into {run_dir}"
+    )
+    result = train(
+        cfg,
+        run_dir,
+        resume=False if not (run_dir / "checkpoints").exists() else True,
+        progress=not args.quiet,
+    )
+    model = result.model.eval()
+    x, _ = _example_inputs(run_dir, 10_000)
+    predicted = result.last["active_units"]
+    compiled = compile_model(model, x[:64])
+    print(compiled.report)
+    onnx_path = compiled.export_onnx(run_dir / "model.onnx")
+    compiled.save(run_dir / "compiled.pt")
+    sess = ort_session(onnx_path)
+    ort_out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    err = float(np.abs(ort_out - ref).max() / max(1.0, float(np.abs(ref).max())))
+    same = bool((ort_out.argmax(1) == ref.argmax(1)).all())
+    widths = {n: w for n, (_, w) in compiled.report.layers.items()}
+    if not same or err > 1e-5:
+        raise _Fail(f"onnxruntime disagrees with the trained model (max error {err:.2e})")
+    if widths != predicted:
+        raise _Fail(f"compiled widths {widths} differ from the active units {predicted}")
+    dense = export_onnx(model, run_dir / "supernet.onnx", x[:8])
+    lat = compare_latency(dense, onnx_path, tuple(x.shape[1:]), (1, 64), repeats=40, rounds=4)
+    speed = ", ".join(f"batch {b}: {d['speedup']:.2f}x" for b, d in lat.items())
+    print(
+        f"\ntest accuracy {result.last['val_accuracy']:.2f}% with hidden widths "
+        f"{list(widths.values())[:-1]} (supernet {cfg.model_args['widths']}); onnxruntime "
+        f"({onnx_path}) reproduces all {len(x)} test predictions (max error {err:.1e}); "
+        f"onnxruntime speed-up {speed}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+
+    ap = argparse.ArgumentParser(
+        prog="archdiscover", description="Discover compact architectures by sparse training."
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a supernet (TOML config and/or flags)")
+    t.add_argument("--config", type=pathlib.Path, help="a TOML file of TrainConfig keys")
+    t.add_argument("--run-dir", type=pathlib.Path, help="default: runs/<config name>")
+    t.add_argument("--fresh", action="store_true", help="refuse to resume an existing run")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    for f in dataclasses.fields(TrainConfig):
+        t.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f"cfg_{f.name}",
+            metavar="VALUE",
+            help=f"config key {f.name} ({f.type!s})",
+        )
+    t.set_defaults(fn=_cmd_train)
+
+    c = sub.add_parser("compile", help="compile a run's model, verify, export ONNX, time it")
+    c.add_argument("run_dir", type=pathlib.Path)
+    c.add_argument("--onnx", type=pathlib.Path, help="default: RUN_DIR/model.onnx")
+    c.add_argument("--round-to", default="auto", help="auto (measure 1/4/8/16) or an int")
+    c.add_argument("--batch-sizes", default="1,64", help="latency batch sizes, e.g. 1,64")
+    c.add_argument("--repeats", type=int, default=40)
+    c.set_defaults(fn=_cmd_compile)
+
+    r = sub.add_parser("report", help="PNG plots of a run (metrics, scale space, widths)")
+    r.add_argument("run_dir", type=pathlib.Path)
+    r.add_argument("--out", type=pathlib.Path, help="default: RUN_DIR/plots")
+    r.set_defaults(fn=_cmd_report)
+
+    d = sub.add_parser("demo", help="train, compile, export and verify a small MLP (minutes)")
+    d.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/demo"))
+    d.add_argument("--quick", action="store_true", help="a narrower supernet, 4 epochs")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(fn=_cmd_demo)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``archdiscover`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from .compile import CompileError
+    from .export import OnnxExportError, OnnxVerificationError
+    from .train import CheckpointError, ConfigError
+
+    if getattr(args, "round_to", "auto") != "auto":
+        try:
+            int(args.round_to)
+        except ValueError:
+            print(
+                f"archdiscover: error: --round-to must be auto or an int, got {args.round_to!r}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    try:
+        return int(args.fn(args) or 0)
+    except _Fail as e:
+        print(f"archdiscover: error: {e}", file=sys.stderr)
+        return e.code
+    except ConfigError as e:
+        print(f"archdiscover: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (
+        CheckpointError,
+        CompileError,
+        OnnxExportError,
+        OnnxVerificationError,
+        FileNotFoundError,
+    ) as e:
+        print(f"archdiscover: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAIL
+    except ValueError as e:  # bad data files and the like: one line, no traceback
+        print(f"archdiscover: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print(
+            "archdiscover: interrupted (the last checkpoint is kept; run again to resume)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
