@@ -530,11 +530,15 @@ def _visit(g: ChannelGraph, gm: torch.fx.GraphModule, node: torch.fx.Node) -> No
 
     def opaque(reason: str, unsupported: bool = True) -> None:
         op = _op_name(node, gm)
+        text = f"{reason} ({op})"
+        if unsupported and _only_reaches_output(node, gm):
+            # e.g. an Unflatten before the output: these channels are output channels anyway
+            text, unsupported = f"model output (through {op})", False
         for a in targs:
-            g._freeze(g.slots.get(a.name), f"{reason} ({op})", unsupported)
+            g._freeze(g.slots.get(a.name), text, unsupported)
         if shape is not None and len(shape) >= 2:
             s = g._new(shape[1])
-            g._freeze(s, f"{reason} ({op})", unsupported)
+            g._freeze(s, text, unsupported)
             set_out(s)
         else:
             set_out(None)
@@ -824,6 +828,25 @@ def _visit_function(g, node, targs, shape, set_out, opaque) -> None:
         opaque("softmax over the channel dimension")
         return
     opaque("operation not known to act on each channel separately")
+
+
+def _only_reaches_output(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
+    """True when every path from ``node`` reaches the model output through ops without
+    parameters of their own (reshapes, activations): its channels are output channels."""
+    stack, seen = list(node.users), set()
+    while stack:
+        u = stack.pop()
+        if u in seen:
+            continue
+        seen.add(u)
+        if u.op == "output":
+            continue
+        if u.op == "call_module" and any(True for _ in gm.get_submodule(u.target).parameters()):
+            return False
+        if u.op == "get_attr":
+            return False
+        stack.extend(u.users)
+    return True
 
 
 def _padded_avg(node: torch.fx.Node) -> bool:

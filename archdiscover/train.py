@@ -482,7 +482,7 @@ def train(
         nn.functional.mse_loss if denoise else nn.functional.cross_entropy
     )
     widths = {r.name: r.units for r in sparsity_report(model).layers if r.units is not None}
-    last: dict[str, Any] = {}
+    last: dict[str, Any] = _last_record(run_dir / "log.jsonl", start)
     n = len(xs)
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -570,6 +570,20 @@ def train(
         run_dir / "model.pt",
     )
     return RunResult(model, last, run_dir, start)
+
+
+def _last_record(path: pathlib.Path, epoch: int) -> dict[str, Any]:
+    """The log record of ``epoch`` (the one a resumed run starts after), or {}."""
+    if epoch == 0 or not path.exists():
+        return {}
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("epoch") == epoch:
+            return rec
+    return {}
 
 
 def _plain_lam_state(sched: LamScheduler | None) -> dict[str, Any] | None:

@@ -79,3 +79,27 @@ def test_compile_resnet_benchmark_quick():
         assert set(e["speedup"]) == {"1", "8"} and all(v > 0 for v in e["speedup"].values())
     assert data["round_to=auto"]["round_to_chosen"] in (1, 4, 8, 16)
     assert set(data["targets"]) == {"compile_seconds_le_10", "auto_speedup_ge_0.9_flops_reduction"}
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_discover_autoencoder_quick(tmp_path, conv):
+    ex = _load(ROOT / "examples" / "discover_autoencoder.py")
+    args = ["--quick", "--out", str(tmp_path / "run")] + (["--conv"] if conv else [])
+    result = ex.main(args)
+    assert 8 < result["test_psnr_db"] < 60
+    assert result["params"][1] < result["params"][0]
+    widths, full = result["discovered_widths"], result["supernet_widths"]
+    assert all(0 < widths[n] <= full[n] for n in full)
+    assert (tmp_path / "run" / "model.onnx").is_file()
+
+
+def test_compress_resnet_and_onnx_inference_quick(tmp_path):
+    ex = _load(ROOT / "examples" / "compress_resnet.py")
+    result = ex.main(["--quick", "--out", str(tmp_path / "run")])
+    assert result["test_accuracy"] > 50
+    assert result["round_to"] in (1, 4, 8, 16)
+    assert result["flops"][1] <= result["flops"][0]
+    inf = _load(ROOT / "examples" / "onnx_inference.py")
+    out = inf.main([str(tmp_path / "run")])
+    assert out["same_predictions_as_torch"] and out["max_error_vs_torch"] <= 1e-5
+    assert abs(out["onnx_accuracy"] - result["test_accuracy"]) < 0.01  # rounded to 2 digits
