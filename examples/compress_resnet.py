@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         init_density=0.6,
         epochs=1 if args.quick else args.epochs,
         batch_size=64,
+        lr_schedule="cosine",
     )
     run = train(cfg, args.out, progress=not args.quick)
     x = load_split(cfg).test.tensors[0][:32]
