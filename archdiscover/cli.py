@@ -104,6 +104,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg, run_dir = _config_from_args(args)
     result = train(cfg, run_dir, resume=not args.fresh, progress=not args.quiet)
+    if not result.dist.main:  # under torchrun only rank 0 reports
+        return 0
     last = result.last
     metric = (
         f"test PSNR {last['val_psnr']:.2f} dB"

@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import data as _data
@@ -385,16 +387,58 @@ def _psnr(mse: float, peak: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# Several processes (torchrun)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands in a ``torch.distributed`` job (1 process: rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the only process that writes logs, checkpoints, the model and plots."""
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    ``WORLD_SIZE > 1`` (set by ``torchrun``) starts ``torch.distributed`` with NCCL when CUDA
+    is used and gloo on the CPU (rendezvous from ``MASTER_ADDR`` / ``MASTER_PORT``, which
+    ``torchrun`` sets, also across machines). Without it, or with a group already started
+    by the caller, nothing is started.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    cuda = device != "cpu" and torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class RunResult:
-    """What :func:`train` returns: the trained model, its last log line, where it lives."""
+    """What :func:`train` returns: the trained model and optimizer, the last log line."""
 
     model: nn.Module
     last: dict[str, Any]
     run_dir: pathlib.Path
     resumed_from: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+    dist: Dist = field(default_factory=Dist)
 
 
 def load_split(cfg: TrainConfig) -> _data.Split:
@@ -426,8 +470,17 @@ def train(
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
     run_dir = pathlib.Path(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    dd = init_distributed(cfg.device)
+    progress = progress and dd.main
+    if dd.main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _barrier(dd)
     device = _device(cfg.device)
+    if dd.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dd.local_rank)
+        torch.cuda.set_device(device)
+    if dd.world > 1 and cfg.batch_size < dd.world:
+        raise ConfigError(f"config: batch_size {cfg.batch_size} < {dd.world} processes")
     split = load_split(cfg)
     xs, ys = (t.to(device) for t in split.train.tensors)
     xt, yt = (t.to(device) for t in split.test.tensors)
@@ -460,7 +513,7 @@ def train(
     if existing and not resume:
         raise CheckpointError(f"{run_dir} already holds a run; resume it or use a new directory")
     if existing:
-        ck = load_checkpoint(existing[-1])
+        ck = load_checkpoint(existing[-1])  # every process reads it: a shared filesystem
         if ck.get("config") != cfg.to_dict():
             raise ConfigError(
                 f"{run_dir}: the config differs from the one the run was started with "
@@ -474,9 +527,17 @@ def train(
             lam_sched.load_state_dict(ck["lam_scheduler"])
         _set_rng_state(ck["rng"], device)
         start = int(ck["epoch"])
-    else:
+    elif dd.main:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         (run_dir / "log.jsonl").write_text("")
+    _barrier(dd)
+    # gradients are all-reduced before the step, so every process takes the same step and
+    # keeps the same optimizer state (v, momentum, Adam moments) and the same density
+    net = (
+        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if dd.world > 1
+        else model
+    )
 
     loss_fn: Callable[[Tensor, Tensor], Tensor] = (
         nn.functional.mse_loss if denoise else nn.functional.cross_entropy
@@ -492,22 +553,32 @@ def train(
         batches = range(0, n, cfg.batch_size)
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
         for bi, i in enumerate(bar):
-            idx = perm[i : i + cfg.batch_size].to(device)
+            batch = perm[i : i + cfg.batch_size]
+            if len(batch) < dd.world:  # too few samples left to give every process one
+                continue
+            idx = batch[dd.rank :: dd.world].to(device)  # this process's share
             xb = xs[idx]
-            if denoise:
+            if denoise:  # the global batch's noise, then this process's share of it
                 g = torch.Generator().manual_seed((cfg.seed * 100003 + epoch) * 100003 + bi)
+                noise = torch.randn((len(batch), *xb.shape[1:]), generator=g)
                 target = xb
-                xb = xb + cfg.noise_std * torch.randn(xb.shape, generator=g).to(device)
+                xb = xb + cfg.noise_std * noise[dd.rank :: dd.world].to(device)
             else:
                 target = ys[idx]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), target)
-            loss.backward()
+            loss = loss_fn(net(xb), target)
+            # DDP averages gradients over processes: weight each share by its size so the
+            # result is the gradient of the mean loss over the global batch
+            (loss * (len(idx) * dd.world / len(batch))).backward()
             opt.step()
             total += loss.detach() * len(idx)
             count += len(idx)
             if progress and bi % 10 == 0:
                 bar.set_postfix(loss=f"{float(total) / count:.4f}")
+        if dd.world > 1:
+            sums = torch.stack([total, torch.tensor(float(count), device=total.device)])
+            dist.all_reduce(sums)
+            total, count = sums[0], int(sums[1])
         if lr_sched is not None:
             lr_sched.step()
         record = _evaluate(model, xt, yt, noise_t if denoise else None, loss_fn, cfg)
@@ -520,6 +591,7 @@ def train(
         record = {
             "epoch": epoch,
             "train_loss": float(total) / count,
+            "samples": count,
             **record,
             "density": rep.density,
             "weight_density": rep.weight_density,
@@ -529,6 +601,14 @@ def train(
             "lr": float(opt.param_groups[0]["lr"]),
             "seconds": time.perf_counter() - t0,
         }
+        last = record
+        if on_epoch is not None:
+            on_epoch(record)
+        if not dd.main:
+            _barrier(dd)  # rank 0 writes the log and the checkpoint
+            if stop_after is not None and epoch >= stop_after:
+                return RunResult(model, last, run_dir, start, opt, dd)
+            continue
         _append_log(run_dir / "log.jsonl", record, epoch)
         ck = {
             "format": "archdiscover.checkpoint/1",
@@ -553,11 +633,11 @@ def train(
                 f"epoch {epoch}: loss {record['train_loss']:.4f}, {metric}, "
                 f"density {record['density']:.4f}, units {list(record['active_units'].values())}"
             )
-        if on_epoch is not None:
-            on_epoch(record)
-        last = record
+        _barrier(dd)
         if stop_after is not None and epoch >= stop_after:
-            return RunResult(model, last, run_dir, start)
+            return RunResult(model, last, run_dir, start, opt, dd)
+    if not dd.main:
+        return RunResult(model, last, run_dir, start, opt, dd)
     save_atomic(
         {
             "format": "archdiscover.model/1",
@@ -569,7 +649,7 @@ def train(
         },
         run_dir / "model.pt",
     )
-    return RunResult(model, last, run_dir, start)
+    return RunResult(model, last, run_dir, start, opt, dd)
 
 
 def _last_record(path: pathlib.Path, epoch: int) -> dict[str, Any]:
