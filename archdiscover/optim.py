@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _rowkernel
 from .regularizers import (
     L1,
     GroupL12,
@@ -331,7 +332,14 @@ class _FusedMixin:
 
     def _flush(self, batch: _FusedBatch) -> None:
         """Run the step's one compiled call; if compilation fails, each group's plain update."""
-        if batch.groups and not self._run_fused(*batch.lists, _hyper(batch.hyper, batch.lists[0])):
+        if not batch.groups:
+            return
+        # the scalars rarely change (LinBreg: only when lr or lam does): reuse their tensor
+        params = batch.lists[0]
+        key = (tuple(batch.hyper), params[0].dtype, params[0].device)
+        if getattr(self, "_hyper_key", None) != key:
+            self._hyper_key, self._hyper_tensor = key, _hyper(batch.hyper, params)
+        if not self._run_fused(*batch.lists, self._hyper_tensor):
             for group, args in batch.groups:
                 self._plain_update(group, *args)  # type: ignore[attr-defined]
 
@@ -342,6 +350,8 @@ class _FusedMixin:
             _kernel_src=self._kernel_src,
             _compiled=None,
             _fused_failed=self._fused_failed,
+            _hyper_key=None,
+            _hyper_tensor=None,
         )
         return state
 
@@ -509,6 +519,12 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
             specs = [_prox_spec(group["reg"], p) for p in params]
             mom = group["momentum"]
             fresh = mom != 0.0 and any(b is None for b in bufs)
+            if self._fused is None and not fresh:
+                params, grads, vs, bufs, specs = self._c_kernel(
+                    group, params, grads, vs, bufs, specs
+                )
+                if not params:
+                    continue
             if not fresh and self._use_fused(params, specs) and batch.accepts(params):
                 lr, delta, damp = float(group["lr"]), group["delta"], group["dampening"]
                 # without momentum the kernel never reads bufs[i]: any tensor holds the place
@@ -530,6 +546,46 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
                 self._plain_update(group, params, grads, vs, bufs)
         self._flush(batch)
         return loss
+
+    def _c_kernel(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        vs: list[Tensor],
+        bufs: list[Tensor | None],
+        specs: list[Any],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor | None], list[Any]]:
+        """CPU tensors the one-pass C kernel covers take it; the rest is returned."""
+        if params[0].device.type != "cpu":
+            return params, grads, vs, bufs, specs
+        lib = _rowkernel.load()
+        if lib is None:
+            return params, grads, vs, bufs, specs
+        mom = group["momentum"]
+        rest: tuple[list[Any], ...] = ([], [], [], [], [])
+        for p, g, v, b, sp in zip(params, grads, vs, bufs, specs, strict=True):
+            buf = b if mom != 0.0 else None
+            mode = None if sp is None else _rowkernel.mode(sp[0], sp[2], p)
+            if mode is not None and _rowkernel.eligible(p, g, v, buf):
+                _rowkernel.linbreg_(
+                    lib,
+                    mode,
+                    p,
+                    g,
+                    v,
+                    buf,
+                    lr=float(group["lr"]),
+                    delta=group["delta"],
+                    momentum=mom,
+                    dampening=group["dampening"],
+                    nesterov=group["nesterov"],
+                    thresh=sp[1],
+                )
+            else:
+                for acc, x in zip(rest, (p, g, v, b, sp), strict=True):
+                    acc.append(x)
+        return rest  # type: ignore[return-value]
 
     def _plain_update(
         self,

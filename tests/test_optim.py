@@ -8,6 +8,7 @@ from torch import nn
 
 import archdiscover.optim as optim_mod
 from archdiscover import L1, AdaBreg, GroupL12, LinBreg, Null, ProxSGD
+from archdiscover import _rowkernel as rowkernel
 
 F64 = torch.float64
 
@@ -295,7 +296,7 @@ def test_compile_failure_falls_back_to_plain_path_with_one_warning(monkeypatch):
         _train(m3, o3, 3, x, y)
 
 
-def test_default_policy_leaves_only_linbreg_group_prox_uncompiled_on_cpu(monkeypatch):
+def test_default_policy_on_cpu(monkeypatch):
     calls = []
 
     def spy(fn):
@@ -309,6 +310,19 @@ def test_default_policy_leaves_only_linbreg_group_prox_uncompiled_on_cpu(monkeyp
     monkeypatch.setattr(optim_mod, "_compiler_available", lambda device: True)
     x, y = _data()
     model = _net()
+    # LinBreg: every tensor takes the one-pass C kernel, nothing is compiled
+    c_calls = []
+    real = rowkernel.linbreg_
+    monkeypatch.setattr(
+        rowkernel,
+        "linbreg_",
+        lambda lib, mode, *a, **k: (c_calls.append(mode), real(lib, mode, *a, **k))[1],
+    )
+    _train(model, LinBreg(_groups(model, L1(0.01)), lr=0.05, momentum=0.9), 3, x, y)
+    _train(model, LinBreg(_groups(model, GroupL12(0.01)), lr=0.05, momentum=0.9), 3, x, y)
+    assert calls == [] and set(c_calls) == {0, 1, 2}  # biases, L1 entries, group rows
+    # without the C kernel: L1 compiled, the group prox plain
+    monkeypatch.setattr(rowkernel, "load", lambda: None)
     _train(model, LinBreg(_groups(model, L1(0.01)), lr=0.05, momentum=0.9), 3, x, y)
     assert set(calls) == {("_linbreg_kernel", 4)}  # 2 weights + 2 biases, one call per step
     calls.clear()
@@ -317,6 +331,45 @@ def test_default_policy_leaves_only_linbreg_group_prox_uncompiled_on_cpu(monkeyp
     calls.clear()
     _train(model, AdaBreg(_groups(model, GroupL12(0.01)), lr=0.01), 3, x, y)
     assert set(calls) == {("_adabreg_kernel", 4)}
+
+
+def test_the_c_kernel_is_built_here():
+    assert rowkernel.load() is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reg", [L1(0.05), GroupL12(2.0), GroupL12(0.05), Null()], ids=str)
+@pytest.mark.parametrize(
+    "kw", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True),
+           dict(momentum=0.9, dampening=0.5), dict()], ids=str,
+)  # fmt: skip
+def test_c_kernel_equals_plain_path(dtype, reg, kw):
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 5)).to(dtype)
+            for _ in range(2)]  # fmt: skip
+    with torch.no_grad():
+        nets[0][0].weight[:10] = 0  # rows that start at zero (a sparse start)
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [
+        LinBreg([{"params": [m[0].weight, m[2].weight], "reg": reg},
+                 {"params": [m[0].bias, m[2].bias], "reg": L1(0.01)}], lr=0.1, fused=f, **kw)
+        for m, f in zip(nets, (None, False), strict=True)
+    ]  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        grads = [torch.randn(p.shape, generator=gen, dtype=dtype) for p in nets[0].parameters()]
+        for m in nets:
+            for p, g in zip(m.parameters(), grads, strict=True):
+                p.grad = g.clone()
+        for o in opts:
+            o.step()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+        assert torch.equal(a == 0, b == 0)  # the same exact zeros
+    if isinstance(reg, GroupL12) and reg.lam == 2.0:  # strong: whole rows are zero
+        rows = nets[0][0].weight.abs().sum(1) == 0
+        assert 0 < int(rows.sum()) < 40
 
 
 def test_no_compiler_means_plain_path(monkeypatch):
