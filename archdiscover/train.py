@@ -83,8 +83,9 @@ class TrainConfig:
             zero-pads images to a square size (e.g. 32 for CIFAR ResNets on MNIST).
         task: ``classification`` (cross-entropy, accuracy) or ``denoising`` (the model
             maps ``x + noise_std * N(0, 1)`` to ``x``; MSE, PSNR).
-        optimizer: ``linbreg`` (momentum ``momentum``), ``adabreg``, ``proxsgd``, or the
-            dense baselines ``sgd`` / ``adam``.
+        optimizer: ``linbreg`` (``momentum`` and ``dampening`` as in ``torch.optim.SGD``;
+            the paper's momentum is ``dampening = momentum``), ``adabreg``, ``proxsgd``, or
+            the dense baselines ``sgd`` / ``adam``.
         regularizer: ``l1`` (entries of every Conv/Linear weight), ``group`` (output units
             of every Conv/ConvTranspose/Linear weight), ``coupled`` (coupled channel groups,
             BatchNorm scale and shift included: dead channels are exactly zero),
@@ -109,6 +110,7 @@ class TrainConfig:
     optimizer: str = "linbreg"
     lr: float = 0.1
     momentum: float = 0.9
+    dampening: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     regularizer: str = "l1"
     lam: float = 0.03
@@ -185,6 +187,7 @@ class TrainConfig:
             f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}",
         )
         need(self.noise_std >= 0, f"noise_std must be >= 0, got {self.noise_std}")
+        need(0 <= self.dampening <= 1, f"dampening must be in [0, 1], got {self.dampening}")
         need(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             f"betas must be two numbers in [0, 1), got {self.betas}",
@@ -352,12 +355,16 @@ def _param_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[d
 def build_optimizer(model: nn.Module, cfg: TrainConfig, example: Tensor) -> torch.optim.Optimizer:
     fused = {"auto": None, "on": True, "off": False}[cfg.fused]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     groups = _param_groups(model, cfg, example)
     if cfg.optimizer == "linbreg":
-        return LinBreg(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
+        return LinBreg(
+            groups, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening, fused=fused
+        )
     if cfg.optimizer == "adabreg":
         return AdaBreg(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
     return ProxSGD(groups, lr=cfg.lr)

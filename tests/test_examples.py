@@ -104,3 +104,17 @@ def test_compress_resnet_and_onnx_inference_quick(tmp_path):
     out = inf.main([str(tmp_path / "run")])
     assert out["same_predictions_as_torch"] and out["max_error_vs_torch"] <= 1e-5
     assert abs(out["onnx_accuracy"] - result["test_accuracy"]) < 0.01  # rounded to 2 digits
+
+
+def test_paper_mlp_script_quick(tmp_path):
+    ex = _load(ROOT / "benchmarks" / "paper" / "mlp_mnist5k.py")
+    out = ex.main(["--quick", "--out", str(tmp_path)])
+    res = out["results"]
+    assert set(res) == {"LinBreg lam=1e-1", "ProxSGD lam=1e-4", "SGD (dense)"}
+    for r in res.values():
+        assert 10 < r["test_accuracy_mean"] <= 100
+        assert 0 < r["nonzero_weights_percent_mean"] <= 100
+    assert res["SGD (dense)"]["nonzero_weights_percent_mean"] == 100.0
+    assert res["LinBreg lam=1e-1"]["nonzero_weights_percent_mean"] < 10  # grows from 1%
+    for p in out["plots"]:
+        assert Path(p).read_bytes()[:4] == b"\x89PNG"
