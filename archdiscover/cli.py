@@ -79,8 +79,8 @@ def _config_from_args(args: argparse.Namespace) -> tuple[Any, pathlib.Path]:
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(_read_toml(args.config))
-    values.pop("run_dir", None) if args.run_dir else None
-    run_dir = args.run_dir or values.pop("run_dir", None)
+    toml_run_dir = values.pop("run_dir", None)  # a TOML file may name its run directory
+    run_dir = args.run_dir or toml_run_dir
     for f in dataclasses.fields(TrainConfig):
         text = getattr(args, f"cfg_{f.name}", None)
         if text is not None:
