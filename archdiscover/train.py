@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("linbreg", "adabreg", "proxsgd", "sgd", "adam")
-REGULARIZERS = ("l1", "group", "coupled", "coupled_weights", "none")
+REGULARIZERS = ("l1", "group", "kernels", "coupled", "coupled_weights", "none")
 TASKS = ("classification", "denoising")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -87,7 +87,9 @@ class TrainConfig:
             the paper's momentum is ``dampening = momentum``), ``adabreg``, ``proxsgd``, or
             the dense baselines ``sgd`` / ``adam``.
         regularizer: ``l1`` (entries of every Conv/Linear weight), ``group`` (output units
-            of every Conv/ConvTranspose/Linear weight), ``coupled`` (coupled channel groups,
+            of every Conv/ConvTranspose/Linear weight), ``kernels`` (each k x k kernel of a
+            convolution, the rows of a Linear: the paper's Table 2), ``coupled`` (coupled
+            channel groups,
             BatchNorm scale and shift included: dead channels are exactly zero),
             ``coupled_weights`` (coupled groups of filters only, biases kept non-zero, so
             dead channels can come back), or ``none``; ``lam`` its strength.
@@ -342,6 +344,24 @@ def _param_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[d
         treg: Regularizer = L1(cfg.lam)
     elif cfg.regularizer == "group":
         reg, treg = GroupL12(cfg.lam, axis=0), GroupL12(cfg.lam, axis=1)
+    elif cfg.regularizer == "kernels":  # the paper's Table 2: conv kernels, Linear rows
+        convs = [p for p in weights if p.dim() > 2]
+        linears = [p for p in weights if p.dim() <= 2]
+        groups = [
+            {"params": convs, "reg": GroupL12.kernels(cfg.lam), "name": "conv kernels"},
+            {"params": linears, "reg": GroupL12(cfg.lam, axis=0), "name": "linear rows"},
+        ]
+        if transposed:
+            groups.append(
+                {
+                    "params": transposed,
+                    "reg": GroupL12.kernels(cfg.lam),
+                    "name": "transposed kernels",
+                }
+            )
+        if others:
+            groups.append({"params": others, "reg": Null(), "name": "other"})
+        return [g for g in groups if g["params"]]
     else:
         reg = treg = Null()
     groups = [{"params": weights, "reg": reg, "name": "weights"}]
@@ -501,13 +521,11 @@ def train(
     model = build_model(cfg).to(device)
     opt = build_optimizer(model, cfg, xs[:2])
     if cfg.optimizer not in ("sgd", "adam"):
-        sparse_init_(
-            model,
-            cfg.init_density,
-            reg=opt,
-            zero_bias=cfg.regularizer != "coupled_weights",
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )
+        # coupled_weights: dead units keep torch's default (non-zero) biases, so a unit can
+        # still see a non-zero pre-activation and its row a gradient (relu'(0) = 0)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        zero_bias = cfg.regularizer != "coupled_weights"
+        sparse_init_(model, cfg.init_density, reg=opt, zero_bias=zero_bias, generator=gen)
     lr_sched = _lr_scheduler(opt, cfg)
     lam_sched = (
         LamScheduler(opt, cfg.target_density)

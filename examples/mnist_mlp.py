@@ -66,7 +66,7 @@ def weight_groups(model: nn.Module, reg: L1) -> list[dict]:
 # lr 1e-3 for AdaBreg; lam chosen here so both end below 10% non-zero weights.
 RUNS: dict[str, tuple[Callable[[nn.Module], torch.optim.Optimizer], bool]] = {
     "SGD": (lambda m: torch.optim.SGD(m.parameters(), lr=0.1), False),
-    "LinBreg": (lambda m: LinBreg(weight_groups(m, L1(0.036)), lr=0.1), True),
+    "LinBreg": (lambda m: LinBreg(weight_groups(m, L1(0.038)), lr=0.1), True),
     "Adam": (lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), False),
     "AdaBreg": (lambda m: AdaBreg(weight_groups(m, L1(0.4)), lr=1e-3), True),
 }
@@ -158,7 +158,7 @@ def main() -> None:
         split = mnist5k(seed=args.seeds[0])
         print(
             f"MNIST 5k subset: {len(split.train)} train / {len(split.test)} test images; "
-            f"MLP 784-200-80-10, LinBreg (L1, lam 0.036), 1% sparse start"
+            f"MLP 784-200-80-10, LinBreg (L1, lam 0.038), 1% sparse start"
         )
         model, res = train("LinBreg", split, epochs=args.epochs, seed=args.seeds[0])
         print(sparsity_report(model))
