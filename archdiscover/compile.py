@@ -933,9 +933,8 @@ def _module_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
         if attrs is None or not name:
             continue
         args = {k: _plain(getattr(m, k)) for k in attrs}
-        if type(m) is nn.PReLU:
-            pass
-        elif hasattr(m, "bias") and not isinstance(m, nn.modules.batchnorm._NormBase):
+        # Linear / Conv / ConvTranspose take a bias flag (norms and PReLU do not)
+        if isinstance(m, (nn.Linear, *_CONV, *_CONVT)):
             args["bias"] = m.bias is not None
         specs[name] = {"type": type(m).__name__, "args": args}
     return specs
