@@ -258,14 +258,18 @@ class _Analysis:
                 self.const[name] = np.logical_and.reduce(parts)
             return
         if kind == "binary":
-            full = [i for i in ins if len(g.slots[i]) == n and g.shapes[i] == g.shapes[name]]
-            others = [i for i in ins if i not in full]
-            c = np.logical_and.reduce([self.const[i] for i in full])
-            for i in others:  # broadcast operands: constant only if constant everywhere
+            # operands with one value per channel (full tensors, or per-channel gates
+            # broadcast over the other dims) act channel by channel; the rest (size-1
+            # channel dims, trailing-dim vectors) must be constant everywhere
+            aligned = [i for i in ins if len(g.slots[i]) == n and g.axis[i] == g.axis[name]]
+            others = [i for i in ins if i not in aligned]
+            c = np.logical_and.reduce([self.const[i] for i in aligned])
+            for i in others:
                 c = c & bool(self.const[i].all()) if len(self.const[i]) else c
-            if info.detail.get("op") == "mul":
-                for i in full:
-                    c = c | (self.const[i] & (self._vals(i) == 0))
+            if info.detail.get("op") == "mul":  # a zero factor makes the product zero
+                for i in aligned:
+                    zero = self.const[i] & (self._vals(i) == 0)
+                    c = c | zero
             self.const[name] = c
             return
         self.const[name] = false

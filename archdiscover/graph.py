@@ -733,6 +733,13 @@ def _visit_function(g, node, targs, shape, set_out, opaque) -> None:
                 continue
             if ash == shape and ax == ra:
                 g._unify(rs, s)
+            elif (
+                len(ash) == len(shape)
+                and ax == ra
+                and ash[ra] == shape[ra]
+                and all(d in (1, o) for d, o in zip(ash, shape, strict=True))
+            ):  # per-channel values broadcast over the other dims (a squeeze-excite gate)
+                g._unify(rs, s)
             elif len(ash) == len(shape) and ash[ra] == 1:
                 g._freeze(s, f"a size-1 channel broadcast across channels in {binary}", True)
             elif len(ash) < len(shape) - ra:  # broadcast over trailing dims only: no channels

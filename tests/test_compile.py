@@ -502,3 +502,49 @@ def test_training_mode_model_is_compiled_in_eval_and_left_alone(tmp_path):
     c = ad.compile(m, x)
     assert m.training and not c.model.training
     assert_unchanged(m, snap)
+
+
+class InvertedResidualSE(nn.Module):
+    """MobileNetV2/V3-style: expand 1x1, depthwise 3x3, squeeze-excite gate, project 1x1,
+    residual add without an activation; flattened with ``view(x.size(0), -1)``."""
+
+    def __init__(self, c=8, e=24, s=6) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU6())
+        self.dw = nn.Sequential(
+            nn.Conv2d(e, e, 3, padding=1, groups=e, bias=False), nn.BatchNorm2d(e), nn.Hardswish()
+        )
+        self.se1 = nn.Conv2d(e, s, 1)
+        self.se2 = nn.Conv2d(s, e, 1)
+        self.project = nn.Sequential(nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.head = nn.Linear(c * 4 * 4, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(self.expand(x))
+        gate = torch.sigmoid(self.se2(torch.relu(self.se1(y.mean((2, 3), keepdim=True)))))
+        x = x + self.project(y * gate)
+        x = nn.functional.adaptive_avg_pool2d(x, 4)
+        return self.head(x.view(x.size(0), -1))
+
+
+def test_inverted_residual_with_squeeze_excite(tmp_path):
+    torch.manual_seed(0)
+    m = randomize(InvertedResidualSE())
+    x = torch.randn(2, 3, 8, 8)
+    groups = ad.channel_groups(m, x)
+    g = group_of(groups, "expand.0", 3)
+    # expand channel 3 = its depthwise filter = the gate's channel 3 (se2 row 3) = se1 column 3
+    assert {(s.module, s.role) for s in g.slices} >= {
+        ("dw.0", "norm"),
+        ("se2", "out"),
+        ("se1", "in"),
+        ("project.0", "in"),
+    }
+    zero_channels(m, x, {"expand.0": [0, 3, 5], "se1": [1], "stem.0": [2]})
+    narrow = randomize(InvertedResidualSE(c=7, e=21, s=5))
+    c = check(
+        m, x, narrow, {"expand.0": 21, "dw.0": 21, "se1": 5, "se2": 21, "stem.0": 7}, tmp_path
+    )
+    assert c.report.layers["head"] == (3, 3)
