@@ -47,9 +47,11 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from . import export as _export
+from ._io import save_atomic
 from .graph import (
     _CONV,
     _CONVT,
+    _NORM,
     ChannelGraph,
     Inputs,
     TraceError,
@@ -341,6 +343,7 @@ def _plan(g: ChannelGraph, a: _Analysis) -> _Plan:
     zero_ok = np.ones(nlab, dtype=bool)
     dead_ok = np.ones(nlab, dtype=bool)
     fold_ok = np.ones(nlab, dtype=bool)
+    const_ok = np.ones(nlab, dtype=bool)
     has_out = np.zeros(nlab, dtype=bool)
     shared = {mod for mod, calls in g.calls.items() if len(calls) > 1}
     for mem in g.members:
@@ -352,21 +355,16 @@ def _plan(g: ChannelGraph, a: _Analysis) -> _Plan:
             continue
         m = g.gm.get_submodule(mem.module)
         c = a.const[mem.src]
-        v = np.where(c, a._vals(mem.src), np.nan)
-        z = c & (v == 0)
+        z = c & (np.where(c, a._vals(mem.src), np.nan) == 0)
         w = getattr(m, mem.param).detach()
         wz = w.transpose(0, mem.dim).flatten(1).abs().sum(1).cpu().numpy() == 0
-        if isinstance(m, nn.Linear):
-            absorb = c.copy()
-        elif isinstance(m, _CONV) and not _zero_padded(m):
-            absorb = c.copy()
-        else:
-            absorb = z.copy()
-        if mem.module in shared:
-            absorb = z.copy()
+        # a constant folds into a Linear or an unpadded Conv (called once); else only zeros do
+        folds = isinstance(m, nn.Linear) or (isinstance(m, _CONV) and not _zero_padded(m))
+        absorb = c if folds and mem.module not in shared else z
         np.logical_and.at(zero_ok, labs, z)
         np.logical_and.at(dead_ok, labs, wz)
         np.logical_and.at(fold_ok, labs, absorb)
+        np.logical_and.at(const_ok, labs, c)
     candidates = has_out.copy()
     kept: dict[str, int] = defaultdict(int)
     blocked: list[str] = []
@@ -378,13 +376,8 @@ def _plan(g: ChannelGraph, a: _Analysis) -> _Plan:
                 blocked.append(reason)
     removable = candidates & (zero_ok | dead_ok)
     fold = candidates & ~removable & fold_ok
-    const_kept = candidates & ~removable & ~fold
     # groups that are constant at every consumer but cannot be folded exactly
-    allc = np.ones(nlab, dtype=bool)
-    for mem in g.members:
-        if mem.role == "in" and mem.param == "weight":
-            np.logical_and.at(allc, g.labels[mem.slots], a.const[mem.src])
-    n_const_kept = int((const_kept & allc).sum())
+    n_const_kept = int((candidates & ~removable & ~fold & const_ok).sum())
     if n_const_kept:
         kept["constant channel entering a zero-padded convolution (not exact to fold)"] = (
             n_const_kept
@@ -654,14 +647,7 @@ class Compiled:
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "report": _plain(self.report.to_dict()),
         }
-        path = pathlib.Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        return save_atomic(payload, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -844,77 +830,22 @@ def _widths(c: Compiled) -> tuple[Any, ...]:
 # ---------------------------------------------------------------------------------------------
 # Saving and loading without pickled code
 # ---------------------------------------------------------------------------------------------
+_CONV_SPEC = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+)
+_NORM_SPEC = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 _SPEC_ATTRS: dict[type, tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features"),
-    nn.Conv1d: (
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "padding",
-        "dilation",
-        "groups",
-        "padding_mode",
-    ),
-    nn.Conv2d: (
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "padding",
-        "dilation",
-        "groups",
-        "padding_mode",
-    ),
-    nn.Conv3d: (
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "padding",
-        "dilation",
-        "groups",
-        "padding_mode",
-    ),
-    nn.ConvTranspose1d: (
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "padding",
-        "output_padding",
-        "groups",
-        "dilation",
-        "padding_mode",
-    ),
-    nn.ConvTranspose2d: (
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "padding",
-        "output_padding",
-        "groups",
-        "dilation",
-        "padding_mode",
-    ),
-    nn.ConvTranspose3d: (
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "padding",
-        "output_padding",
-        "groups",
-        "dilation",
-        "padding_mode",
-    ),
-    nn.BatchNorm1d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    nn.BatchNorm2d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    nn.BatchNorm3d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    nn.InstanceNorm1d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    nn.InstanceNorm2d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    nn.InstanceNorm3d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
+    **{t: _CONV_SPEC for t in _CONV},
+    **{t: (*_CONV_SPEC, "output_padding") for t in _CONVT},
+    **{t: _NORM_SPEC for t in _NORM},
     nn.PReLU: ("num_parameters",),
 }
 _SPEC_TYPES = {t.__name__: t for t in _SPEC_ATTRS}

@@ -38,8 +38,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import data as _data
+from ._io import save_atomic
 from .graph import coupled_param_groups
-from .init import sparse_init_
+from .init import _WEIGHTED, sparse_init_
 from .optim import AdaBreg, LinBreg, ProxSGD
 from .regularizers import L1, GroupL12, Null, Regularizer
 from .schedule import LamScheduler
@@ -243,33 +244,6 @@ def _coerce(key: str, value: Any, typ: Any, where: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
-def save_atomic(obj: Any, path: str | os.PathLike) -> pathlib.Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename onto ``path``.
-
-    A crash leaves either the old file or the new one, never a partial one at ``path``.
-    """
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
-        pass
-    return path
-
-
 def load_checkpoint(path: str | os.PathLike, kind: str = "checkpoint") -> dict[str, Any]:
     """Read a checkpoint or model file with ``weights_only=True``; a clear error if it's bad."""
     path = pathlib.Path(path)
@@ -294,15 +268,6 @@ def _checkpoints(run_dir: pathlib.Path) -> list[pathlib.Path]:
 # ---------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------
-_WEIGHTED = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
 
 
 def _device(name: str) -> torch.device:

@@ -4,6 +4,7 @@ configurable, so that a narrowed network can be built with the same class."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -273,86 +274,35 @@ class ResNet(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
-@register("resnet18")
-def resnet18(
-    *,
-    width_multiplier: float = 1.0,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    stage_widths: Sequence[int] | None = None,
-    block_widths: Sequence[Sequence[int]] | None = None,
-    stem_width: int | None = None,
-    downsample: Sequence[bool] | None = None,
+def _preset(
+    block: Block,
+    layers: Sequence[int],
+    widths: Sequence[int],
+    strides: Sequence[int],
+    kwargs: dict[str, Any],
 ) -> ResNet:
+    """A :class:`ResNet` with the preset's block, stages, widths and strides; ``kwargs`` are
+    the remaining :class:`ResNet` arguments (``width_multiplier``, ``in_channels``,
+    ``num_classes``, ``stage_widths``, ``block_widths``, ``stem_width``, ``downsample``)."""
+    return ResNet(block, layers=layers, widths=widths, strides=strides, **kwargs)
+
+
+@register("resnet18")
+def resnet18(**kwargs: Any) -> ResNet:
     """CIFAR ResNet-18: BasicBlock, stages (2, 2, 2, 2), widths (64, 128, 256, 512),
-    strides (1, 2, 2, 2)."""
-    return ResNet(
-        BasicBlock,
-        layers=(2, 2, 2, 2),
-        widths=(64, 128, 256, 512),
-        strides=(1, 2, 2, 2),
-        width_multiplier=width_multiplier,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        stage_widths=stage_widths,
-        block_widths=block_widths,
-        stem_width=stem_width,
-        downsample=downsample,
-    )
+    strides (1, 2, 2, 2); keyword arguments as :class:`ResNet`'s other arguments."""
+    return _preset(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), (1, 2, 2, 2), kwargs)
 
 
 @register("resnet20")
-def resnet20(
-    *,
-    width_multiplier: float = 1.0,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    stage_widths: Sequence[int] | None = None,
-    block_widths: Sequence[Sequence[int]] | None = None,
-    stem_width: int | None = None,
-    downsample: Sequence[bool] | None = None,
-) -> ResNet:
+def resnet20(**kwargs: Any) -> ResNet:
     """CIFAR ResNet-20: BasicBlock, stages (3, 3, 3), widths (16, 32, 64), strides (1, 2, 2),
     projection (1x1 conv + BN) shortcuts: 272,474 parameters."""
-    return ResNet(
-        BasicBlock,
-        layers=(3, 3, 3),
-        widths=(16, 32, 64),
-        strides=(1, 2, 2),
-        width_multiplier=width_multiplier,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        stage_widths=stage_widths,
-        block_widths=block_widths,
-        stem_width=stem_width,
-        downsample=downsample,
-    )
+    return _preset(BasicBlock, (3, 3, 3), (16, 32, 64), (1, 2, 2), kwargs)
 
 
 @register("resnet_bottleneck")
-def resnet_bottleneck(
-    *,
-    layers: Sequence[int] = (2, 2, 2),
-    width_multiplier: float = 1.0,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    stage_widths: Sequence[int] | None = None,
-    block_widths: Sequence[Sequence[int | Sequence[int]]] | None = None,
-    stem_width: int | None = None,
-    downsample: Sequence[bool] | None = None,
-) -> ResNet:
+def resnet_bottleneck(*, layers: Sequence[int] = (2, 2, 2), **kwargs: Any) -> ResNet:
     """Small CIFAR bottleneck ResNet: Bottleneck blocks, ``layers`` per stage (default
     (2, 2, 2)), inner widths (16, 32, 64), stream widths (64, 128, 256), strides (1, 2, 2)."""
-    return ResNet(
-        Bottleneck,
-        layers=layers,
-        widths=(16, 32, 64),
-        strides=(1, 2, 2),
-        width_multiplier=width_multiplier,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        stage_widths=stage_widths,
-        block_widths=block_widths,
-        stem_width=stem_width,
-        downsample=downsample,
-    )
+    return _preset(Bottleneck, layers, (16, 32, 64), (1, 2, 2), kwargs)
