@@ -988,7 +988,7 @@ def coupled_param_groups(
     start from the channels you are willing to keep (a denser ``sparse_init_``). To let
     Bregman iterations *add* channels from a very sparse start, regularize the filters
     only (``roles=("out",), params=("weight",)``) and keep biases non-zero
-    (``sparse_init_(..., zero_bias=False)``): a dead channel then outputs a constant,
+    (``sparse_init_(..., bias="keep")``): a dead channel then outputs a constant,
     which ``compile`` folds into the next layer where that is exact.
 
     Example:

@@ -17,7 +17,9 @@ from torch.optim import Optimizer
 
 from .regularizers import L1, Regularizer
 
-__all__ = ["sparse_init_"]
+__all__ = ["BIAS_INITS", "sparse_init_"]
+
+BIAS_INITS = ("zero", "keep", "positive")
 
 _WEIGHTED = (
     nn.Linear,
@@ -49,7 +51,7 @@ def sparse_init_(
     reg: Regularizer | Mapping[str, Regularizer] | Optimizer | None = None,
     *,
     nonlinearity: str = "relu",
-    zero_bias: bool = True,
+    bias: str = "zero",
     generator: torch.Generator | None = None,
 ) -> nn.Module:
     r"""Re-initialize the weights of ``model``'s Linear/Conv/ConvTranspose layers sparsely.
@@ -70,7 +72,13 @@ def sparse_init_(
             ``model.named_modules()``) to regularizers, or the optimizer that will train
             ``model`` (each weight takes its param group's ``"reg"``).
         nonlinearity: passed to :func:`torch.nn.init.calculate_gain`.
-        zero_bias: set the biases of the re-initialized layers to zero.
+        bias: the biases of the re-initialized layers: ``"zero"``; ``"keep"`` (as they are,
+            e.g. torch's default ``U(-1/sqrt(n), 1/sqrt(n))``); or ``"positive"``,
+            ``U(0, 1/sqrt(n))`` as in the paper's code. With zero weights *and* zero biases
+            a unit's pre-activation is 0 and, behind a ReLU (``relu'(0) = 0``), its weights
+            get no gradient: a unit absent at the start can then never enter. A positive
+            bias keeps every unit's output ``relu(b) > 0`` alive, so its weights see a
+            gradient and the inverse scale space can add it.
         generator: for reproducible masks and values.
 
     Example:
@@ -81,6 +89,8 @@ def sparse_init_(
     """
     if not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
         raise ValueError(f"sparse_init_: density must be in (0, 1], got {density!r}")
+    if bias not in BIAS_INITS:
+        raise ValueError(f"sparse_init_: bias must be one of {BIAS_INITS}, got {bias!r}")
     if isinstance(reg, Mapping):
         modules = dict(model.named_modules())
         unknown = sorted(set(reg) - set(modules))
@@ -126,8 +136,11 @@ def sparse_init_(
             std = gain / math.sqrt(_fan_in(module) * kept)
             values = torch.randn(w.shape, generator=generator, dtype=w.dtype) * std
             w.copy_((values * mask).to(w.device))
-            if zero_bias and module.bias is not None:
+            if module.bias is not None and bias == "zero":
                 module.bias.zero_()
+            elif module.bias is not None and bias == "positive":
+                b = torch.rand(module.bias.shape, generator=generator, dtype=module.bias.dtype)
+                module.bias.copy_((b / math.sqrt(_fan_in(module))).to(module.bias.device))
         # the other tensors of coupled groups (BatchNorm scale and shift, biases): dropped
         # channels are zeroed so that the whole group starts exactly at zero
         for p, mask in joint_masks.items():

@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from . import data as _data
 from ._io import save_atomic
-from .graph import coupled_param_groups
-from .init import _WEIGHTED, sparse_init_
+from .graph import coupled_param_groups, inspect
+from .init import _WEIGHTED, BIAS_INITS, sparse_init_
 from .optim import AdaBreg, LinBreg, ProxSGD
 from .regularizers import L1, GroupL12, Null, Regularizer
 from .schedule import LamScheduler
@@ -96,6 +96,10 @@ class TrainConfig:
             dead channels can come back), or ``none``; ``lam`` its strength.
         init_density: fraction of weights / units kept by the sparse initialization
             (1.0 = a dense Kaiming start).
+        bias_init: biases at the sparse initialization: ``zero``, ``keep`` (torch's
+            default), ``positive`` (``U(0, 1/sqrt(fan_in))``, the paper's code: units with
+            zero weights still output ``relu(b) > 0``, so their weights get a gradient and
+            can enter), or ``auto`` (``keep`` for ``coupled_weights``, else ``zero``).
         target_density: if set, a :class:`~archdiscover.schedule.LamScheduler` steers
             ``lam`` toward this non-zero fraction, once per epoch.
         lr_schedule: ``constant`` or ``cosine`` (over ``epochs``).
@@ -118,6 +122,7 @@ class TrainConfig:
     regularizer: str = "l1"
     lam: float = 0.03
     init_density: float = 0.01
+    bias_init: str = "auto"
     target_density: float | None = None
     epochs: int = 10
     batch_size: int = 64
@@ -180,6 +185,10 @@ class TrainConfig:
         need(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
         need(0 < self.init_density <= 1, f"init_density must be in (0, 1], got {self.init_density}")
         need(
+            self.bias_init in ("auto", *BIAS_INITS),
+            f"bias_init must be one of {('auto', *BIAS_INITS)}, got {self.bias_init!r}",
+        )
+        need(
             self.target_density is None or 0 < self.target_density < 1,
             f"target_density must be in (0, 1), got {self.target_density}",
         )
@@ -198,6 +207,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def resolved_bias_init(self) -> str:
+        """``bias_init`` with ``auto`` resolved: ``coupled_weights`` keeps torch's default
+        (non-zero) biases so dead units still get a gradient; the others start at zero."""
+        if self.bias_init != "auto":
+            return self.bias_init
+        return "keep" if self.regularizer == "coupled_weights" else "zero"
 
 
 def _coerce(key: str, value: Any, typ: Any, where: str) -> Any:
@@ -295,46 +312,49 @@ def _param_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[d
             else {}
         )
         return coupled_param_groups(model, example, cfg.lam, **kw)
-    weights, transposed, others = [], [], []
+    lam = cfg.lam
+    if cfg.regularizer == "none":
+        return [{"params": list(model.parameters()), "reg": Null(), "name": "all"}]
+    # output units that cannot be removed (the model's outputs): entries (L1), not rows
+    fixed = _fixed_layers(model, example) if cfg.regularizer != "l1" else set()
+    buckets: dict[str, tuple[Regularizer, list[nn.Parameter]]] = {}
+
+    def put(name: str, reg: Regularizer, p: nn.Parameter) -> None:
+        buckets.setdefault(name, (reg, []))[1].append(p)
+
     seen: set[int] = set()
-    for m in model.modules():
-        if isinstance(m, _WEIGHTED) and id(m.weight) not in seen:
-            seen.add(id(m.weight))
-            (transposed if isinstance(m, nn.modules.conv._ConvTransposeNd) else weights).append(
-                m.weight
+    for mname, m in model.named_modules():
+        if not isinstance(m, _WEIGHTED) or id(m.weight) in seen:
+            continue
+        seen.add(id(m.weight))
+        transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+        if cfg.regularizer == "l1" or mname in fixed:
+            put("weights" if cfg.regularizer == "l1" else "output weights", L1(lam), m.weight)
+        elif cfg.regularizer == "group":  # output units: rows / filters
+            put(
+                "transposed" if transposed else "weights",
+                GroupL12(lam, axis=1 if transposed else 0),
+                m.weight,
             )
+        elif m.weight.dim() > 2:  # kernels: each k x k kernel of a convolution
+            name = "transposed kernels" if transposed else "conv kernels"
+            put(name, GroupL12.kernels(lam), m.weight)
+        else:  # kernels: the rows (neurons) of a Linear
+            put("linear rows", GroupL12(lam, axis=0), m.weight)
+    groups = [{"params": ps, "reg": reg, "name": name} for name, (reg, ps) in buckets.items()]
     others = [p for p in model.parameters() if id(p) not in seen]
-    if cfg.regularizer == "l1":
-        reg: Regularizer = L1(cfg.lam)
-        treg: Regularizer = L1(cfg.lam)
-    elif cfg.regularizer == "group":
-        reg, treg = GroupL12(cfg.lam, axis=0), GroupL12(cfg.lam, axis=1)
-    elif cfg.regularizer == "kernels":  # the paper's Table 2: conv kernels, Linear rows
-        convs = [p for p in weights if p.dim() > 2]
-        linears = [p for p in weights if p.dim() <= 2]
-        groups = [
-            {"params": convs, "reg": GroupL12.kernels(cfg.lam), "name": "conv kernels"},
-            {"params": linears, "reg": GroupL12(cfg.lam, axis=0), "name": "linear rows"},
-        ]
-        if transposed:
-            groups.append(
-                {
-                    "params": transposed,
-                    "reg": GroupL12.kernels(cfg.lam),
-                    "name": "transposed kernels",
-                }
-            )
-        if others:
-            groups.append({"params": others, "reg": Null(), "name": "other"})
-        return [g for g in groups if g["params"]]
-    else:
-        reg = treg = Null()
-    groups = [{"params": weights, "reg": reg, "name": "weights"}]
-    if transposed:
-        groups.append({"params": transposed, "reg": treg, "name": "transposed"})
     if others:
         groups.append({"params": others, "reg": Null(), "name": "other"})
     return groups
+
+
+def _fixed_layers(model: nn.Module, example: Tensor) -> set[str]:
+    """Layers none of whose output units can be removed (they make the model's output):
+    a row group there would only switch outputs off, so they get entry-wise L1 instead."""
+    rep = inspect(model, example)
+    if not rep.traceable:
+        return set()
+    return {name for name, (removable, _total) in rep.layers.items() if removable == 0}
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, example: Tensor) -> torch.optim.Optimizer:
@@ -445,6 +465,7 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    measure: Callable[[nn.Module], float] | None = None,
 ) -> RunResult:
     """Train as ``config`` says, logging and checkpointing into ``run_dir``.
 
@@ -458,6 +479,12 @@ def train(
         progress: show tqdm progress bars.
         stop_after: stop after this epoch (as if interrupted; for tests and time budgets).
         on_epoch: called with each epoch's log record.
+        measure: what ``target_density`` is a target for: called with the model after each
+            epoch, it returns the fraction the ``LamScheduler`` compares with the target
+            (default: the non-zero fraction of the regularized parameters). For a FLOPs
+            budget pass e.g. ``lambda m: (c := archdiscover.compile(m.eval(), x).report)
+            .macs_after / c.macs_before`` (called on rank 0's model on every rank, so it
+            must be deterministic). Its value is logged as ``measured``.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
@@ -486,11 +513,8 @@ def train(
     model = build_model(cfg).to(device)
     opt = build_optimizer(model, cfg, xs[:2])
     if cfg.optimizer not in ("sgd", "adam"):
-        # coupled_weights: dead units keep torch's default (non-zero) biases, so a unit can
-        # still see a non-zero pre-activation and its row a gradient (relu'(0) = 0)
         gen = torch.Generator().manual_seed(cfg.seed)
-        zero_bias = cfg.regularizer != "coupled_weights"
-        sparse_init_(model, cfg.init_density, reg=opt, zero_bias=zero_bias, generator=gen)
+        sparse_init_(model, cfg.init_density, reg=opt, bias=cfg.resolved_bias_init, generator=gen)
     lr_sched = _lr_scheduler(opt, cfg)
     lam_sched = (
         LamScheduler(opt, cfg.target_density)
@@ -575,8 +599,12 @@ def train(
         if denoise:
             record["val_psnr"] = _psnr(record["val_loss"], peak)
         rep = sparsity_report(model)
+        measured = None
+        if measure is not None:
+            measured = float(measure(model))
+            model.train()
         if lam_sched is not None:
-            lam_sched.step()
+            lam_sched.step(measured)
         lams = [g["reg"].lam for g in opt.param_groups if "reg" in g and not g["reg"].is_null]
         record = {
             "epoch": epoch,
@@ -588,6 +616,7 @@ def train(
             "active_units": rep.active_units(),
             "widths": widths,
             "lam": lams[0] if lams else None,
+            **({"measured": measured} if measured is not None else {}),
             "lr": float(opt.param_groups[0]["lr"]),
             "seconds": time.perf_counter() - t0,
         }

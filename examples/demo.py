@@ -59,7 +59,7 @@ def run(
     groups = coupled_param_groups(model, xs[:2], lam, roles=("out",), params=("weight",))
     opt = ad.LinBreg(groups, lr=0.1, momentum=0.9)
     ad.sparse_init_(
-        model, density, reg=opt, zero_bias=False, generator=torch.Generator().manual_seed(seed)
+        model, density, reg=opt, bias="keep", generator=torch.Generator().manual_seed(seed)
     )
     gen = torch.Generator().manual_seed(seed)
     bar = tqdm(range(epochs), desc="train", disable=not progress)

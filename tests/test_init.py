@@ -85,3 +85,22 @@ def test_reproducible_with_generator():
     sparse_init_(b, 0.1, generator=_gen(5))
     assert torch.equal(a.weight, b.weight)
     assert not math.isnan(a.weight.sum().item())
+
+
+def test_bias_modes():
+    for mode in ("zero", "keep", "positive"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(50, 20), torch.nn.ReLU(), torch.nn.Linear(20, 5)
+        )
+        before = [model[0].bias.clone(), model[2].bias.clone()]
+        sparse_init_(model, 0.1, bias=mode, generator=torch.Generator().manual_seed(1))
+        for m, b0 in zip((model[0], model[2]), before, strict=True):
+            if mode == "zero":
+                assert not m.bias.any()
+            elif mode == "keep":
+                assert torch.equal(m.bias, b0)
+            else:  # U(0, 1/sqrt(fan_in))
+                assert (m.bias > 0).all() and (m.bias <= 1 / math.sqrt(m.in_features)).all()
+    with pytest.raises(ValueError, match="bias must be one of"):
+        sparse_init_(model, 0.1, bias="ones")

@@ -225,3 +225,50 @@ def test_cli_corrupted_model_file_is_one_line(tmp_path, capsys):
     assert "model.pt" in one_line_error(capsys)
     assert main(["compile", str(tmp_path / "missing")]) == 1
     assert "missing" in one_line_error(capsys)
+
+
+def _units_per_epoch(tmp_path, name, **over):
+    cfg = {
+        **BASE,
+        "model_args": {"in_features": 64, "widths": [48], "out_features": 10},
+        "regularizer": "group",
+        "lam": 0.05,
+        "init_density": 0.05,
+        "epochs": 3,
+        **over,
+    }
+    log: list[dict] = []
+    res = train(cfg, tmp_path / name, progress=False, on_epoch=log.append)
+    return res, [r["active_units"]["layers.1"] for r in log]
+
+
+def test_positive_biases_let_units_enter_and_zero_biases_do_not(tmp_path):
+    # 48 hidden rows, 2 alive at the start (5%); behind a ReLU a zero row with a zero bias
+    # gets no gradient (relu'(0) = 0), so with zero biases the width cannot change
+    _, zero = _units_per_epoch(tmp_path, "zero", bias_init="zero")
+    assert zero == [2, 2, 2]
+    res, pos = _units_per_epoch(tmp_path, "pos", bias_init="positive")
+    assert pos[-1] > 2
+    for m in res.model.modules():
+        if isinstance(m, torch.nn.Linear):
+            assert m.bias.shape[0] == m.out_features
+
+
+def test_group_regularizer_keeps_the_output_layer_entrywise(tmp_path):
+    # the output units cannot be removed: the last Linear gets L1 on entries, not rows
+    res, _ = _units_per_epoch(tmp_path, "g", epochs=1)
+    names = {g.get("name"): g for g in res.optimizer.param_groups}
+    assert set(names) == {"weights", "output weights", "other"}
+    assert isinstance(names["output weights"]["reg"], ad.L1)
+    assert names["output weights"]["params"][0] is res.model.layers[3].weight
+    assert isinstance(names["weights"]["reg"], ad.GroupL12)
+
+
+def test_measure_hook_is_what_the_lam_scheduler_steers(tmp_path):
+    log: list[dict] = []
+    cfg = {**BASE, "target_density": 0.5, "epochs": 3}
+    train(cfg, tmp_path / "m", progress=False, on_epoch=log.append, measure=lambda m: 0.9)
+    assert [r["measured"] for r in log] == [0.9, 0.9, 0.9]
+    # 0.9 is above the target and not falling: lam is multiplied by 1.5 after every epoch
+    lams = [r["lam"] for r in log]
+    assert lams == pytest.approx([BASE["lam"] * 1.5**k for k in (1, 2, 3)])
