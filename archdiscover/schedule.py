@@ -9,11 +9,21 @@ the density ``d_prev`` one step before:
 
 * ``d > d* (1 + tol)`` and not falling (``d >= d_prev``): too dense, every regularized
   group's ``lam`` is multiplied by ``factor``;
-* ``d < d* (1 - tol)`` and stalled (``d <= d_prev (1 + growth)``): too sparse and not
-  growing toward the target, ``lam`` is divided by ``factor``;
+* ``d < d* (1 - tol)`` and stalled (``d <= d_prev (1 + growth)``) for ``patience``
+  steps in a row: too sparse and not growing toward the target, ``lam`` is divided by
+  ``factor``;
+* ``d <= d* (1 + tol)`` but growing so fast that one more step of the same growth,
+  ``d + (d - d_prev)``, would end above the band: ``lam`` is multiplied by ``factor``
+  (a brake);
 * otherwise ``lam`` stays: inside the band, or already moving the right way. (Lowering
   ``lam`` while the density still grows would only overshoot; raising it while the density
   already falls would only run ``lam`` away.)
+
+Why the brake and ``patience``: in the inverse scale space a weight enters some steps after
+``lam`` is lowered (its subgradient must first accumulate past the new threshold) and, once
+in, it rarely leaves when ``lam`` is raised again. A target is best approached from below,
+slowly: ``patience > 1`` waits for the growth a lower ``lam`` sets off before lowering it
+again, and the brake stops a burst of entries before it overshoots.
 
 Strengths change through :meth:`RegularizedOptimizer.set_reg`, which rewrites the
 Bregman subgradients ``v`` so the current parameters stay a fixed point of the new prox:
@@ -45,6 +55,7 @@ class LamScheduler:
         factor: the multiplicative step, ``> 1``.
         tolerance: relative band around ``target`` where nothing changes, in ``[0, 1)``.
         growth: relative growth per step below which a too-sparse run counts as stalled.
+        patience: consecutive stalled steps below the band before ``lam`` is lowered.
         min_lam, max_lam: bounds on every steered ``lam``.
 
     Example:
@@ -62,6 +73,7 @@ class LamScheduler:
         factor: float = 1.5,
         tolerance: float = 0.1,
         growth: float = 0.02,
+        patience: int = 1,
         min_lam: float = 1e-8,
         max_lam: float = 1e4,
     ) -> None:
@@ -78,6 +90,8 @@ class LamScheduler:
             raise ValueError(f"LamScheduler: tolerance must be in [0, 1), got {tolerance!r}")
         if not growth >= 0.0:
             raise ValueError(f"LamScheduler: growth must be >= 0, got {growth!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"LamScheduler: patience must be an int >= 1, got {patience!r}")
         if not 0.0 < min_lam <= max_lam:
             raise ValueError(
                 f"LamScheduler: need 0 < min_lam <= max_lam, got "
@@ -85,7 +99,8 @@ class LamScheduler:
             )
         self.optimizer = optimizer
         self.target, self.factor, self.tolerance = float(target), float(factor), float(tolerance)
-        self.growth = float(growth)
+        self.growth, self.patience = float(growth), patience
+        self.stalled = 0
         self.min_lam, self.max_lam = float(min_lam), float(max_lam)
         self.groups = [i for i, g in enumerate(optimizer.param_groups) if not g["reg"].is_null]
         if not self.groups:
@@ -116,14 +131,17 @@ class LamScheduler:
         """
         d = self.density() if density is None else float(density)
         prev, self.last_density, self.steps = self.last_density, d, self.steps + 1
-        if d > self.target * (1.0 + self.tolerance) and (prev is None or d >= prev):
+        high = self.target * (1.0 + self.tolerance)
+        low = self.target * (1.0 - self.tolerance)
+        stalled = d < low and prev is not None and d <= prev * (1.0 + self.growth)
+        self.stalled = self.stalled + 1 if stalled else 0
+        if d > high and (prev is None or d >= prev):
             mult = self.factor
-        elif (
-            d < self.target * (1.0 - self.tolerance)
-            and prev is not None
-            and d <= prev * (1.0 + self.growth)
-        ):
+        elif d <= high and prev is not None and d > prev and 2 * d - prev > high:
+            mult = self.factor  # the brake: the same growth once more would overshoot
+        elif self.stalled >= self.patience:
             mult = 1.0 / self.factor
+            self.stalled = 0
         else:
             return 1.0
         for i in self.groups:

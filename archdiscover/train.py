@@ -101,7 +101,9 @@ class TrainConfig:
             zero weights still output ``relu(b) > 0``, so their weights get a gradient and
             can enter), or ``auto`` (``keep`` for ``coupled_weights``, else ``zero``).
         target_density: if set, a :class:`~archdiscover.schedule.LamScheduler` steers
-            ``lam`` toward this non-zero fraction, once per epoch.
+            ``lam`` toward this non-zero fraction (or toward whatever ``train``'s
+            ``measure`` returns, e.g. a FLOPs fraction), once per epoch; ``lam_patience``
+            is its ``patience`` (stalled epochs below the target before ``lam`` is lowered).
         lr_schedule: ``constant`` or ``cosine`` (over ``epochs``).
         fused: ``auto`` / ``on`` / ``off``: the Bregman optimizers' compiled step.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -124,6 +126,7 @@ class TrainConfig:
     init_density: float = 0.01
     bias_init: str = "auto"
     target_density: float | None = None
+    lam_patience: int = 1
     epochs: int = 10
     batch_size: int = 64
     lr_schedule: str = "constant"
@@ -192,6 +195,7 @@ class TrainConfig:
             self.target_density is None or 0 < self.target_density < 1,
             f"target_density must be in (0, 1), got {self.target_density}",
         )
+        need(self.lam_patience >= 1, f"lam_patience must be >= 1, got {self.lam_patience}")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(
@@ -517,7 +521,7 @@ def train(
         sparse_init_(model, cfg.init_density, reg=opt, bias=cfg.resolved_bias_init, generator=gen)
     lr_sched = _lr_scheduler(opt, cfg)
     lam_sched = (
-        LamScheduler(opt, cfg.target_density)
+        LamScheduler(opt, cfg.target_density, patience=cfg.lam_patience)
         if cfg.target_density is not None and cfg.optimizer not in ("sgd", "adam")
         else None
     )

@@ -36,6 +36,20 @@ def test_raises_lowers_or_keeps_lam_around_the_target():
     assert sched2.lams() == [0.3]
 
 
+def test_patience_and_brake():
+    opt = _opt(nn.Linear(10, 10), lam=0.1)
+    sched = LamScheduler(opt, target=0.5, factor=2.0, tolerance=0.1, patience=2)
+    assert sched.step(density=0.1) == 1.0  # first step: nothing to compare with
+    assert sched.step(density=0.1) == 1.0  # stalled once: patience 2 waits
+    assert sched.step(density=0.1) == 0.5 and sched.lams() == [0.05]  # stalled twice
+    assert sched.step(density=0.1) == 1.0  # the count starts again after lowering
+    assert sched.step(density=0.3) == 1.0  # growing, 0.5 next at this pace: in the band
+    # growing by 0.2 again would reach 0.7 > 0.55: brake before the overshoot
+    assert sched.step(density=0.5) == 2.0 and sched.lams() == [0.1]
+    with pytest.raises(ValueError, match="patience"):
+        LamScheduler(opt, target=0.5, patience=0)
+
+
 def test_measures_density_of_regularized_params_only():
     model = nn.Linear(10, 10)
     with torch.no_grad():
