@@ -1,0 +1,293 @@
+"""ResNet compression for deployment (the paper's Sec. 4.5 at this machine's scale) against
+Torch-Pruning, on the same budget of epochs; prints JSON, writes a PNG.
+
+CIFAR-style ResNet-20 (``models.resnet20``, width x ``--width``) on the MNIST 5k subset
+zero-padded to 32x32 (4,000 / 1,000 split), batch 64, Adam-type steps, cosine learning rate.
+
+* **archdiscover**: AdaBreg on coupled channel groups (every residual-stream channel is one
+  group across its blocks; filters, BatchNorm scale and shift together) for ``E`` epochs
+  from ``--init-density`` of the channels; compiled (dead channels removed, exact), exported
+  to ONNX.
+* **Torch-Pruning**: the same network trained dense with Adam for ``E / 2`` epochs, pruned
+  with ``tp.pruner.MetaPruner`` and group magnitude importance (L2) to the parameter count of
+  the archdiscover model (pruning ratio found by bisection; the classifier is kept), then
+  fine-tuned with Adam for the other ``E / 2`` epochs: both spend ``E`` epochs.
+
+Both compact models and the dense network are exported to ONNX and timed in onnxruntime
+(interleaved with the dense model) at batch 1 and 64: test accuracy, parameter and FLOP
+fractions, latency and speed-up. The archdiscover model is also compiled with
+``round_to="auto"`` (widths rounded up to the multiple that runs fastest here).
+
+    python benchmarks/paper/resnet_vs_torch_pruning.py [--width 4] [--epochs 8]
+    python benchmarks/paper/resnet_vs_torch_pruning.py --quick     # seconds: checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import torch
+import torch_pruning as tp
+from matplotlib.figure import Figure
+from torch import nn
+from tqdm import tqdm
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from _common import accuracy, compile_and_time, train_run
+
+from archdiscover.export import compare_latency, export_onnx
+from archdiscover.train import TrainConfig, build_model, load_split
+
+
+def bregman_config(
+    width: float, epochs: int, init_density: float, lam: float, seed: int, dataset: str
+) -> dict:
+    return dict(
+        model="resnet20",
+        model_args={"width_multiplier": width, "in_channels": 1},
+        dataset=dataset,
+        pad_to=32,
+        optimizer="adabreg",
+        lr=2e-3,
+        regularizer="coupled",
+        lam=lam,
+        init_density=init_density,
+        epochs=epochs,
+        batch_size=64,
+        lr_schedule="cosine",
+        seed=seed,
+    )
+
+
+def fit(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int, what: str
+) -> None:
+    """Adam with a cosine schedule over ``epochs``, batch 64, seeded batch order."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 7 + epoch))
+        for i in tqdm(
+            range(0, len(x), 64),
+            desc=f"{what} epoch {epoch + 1}/{epochs}",
+            leave=False,
+            file=sys.stderr,
+        ):
+            b = perm[i : i + 64]
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+        sched.step()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune_to(
+    model: nn.Module, example: torch.Tensor, target_params: int
+) -> tuple[nn.Module, float]:
+    """Torch-Pruning MetaPruner (group L2 magnitude), pruning ratio bisected so that the
+    pruned copy has at most ``target_params`` parameters (as close as the ratio allows)."""
+
+    def pruned(ratio: float) -> nn.Module:
+        m = copy.deepcopy(model).eval()
+        pruner = tp.pruner.MetaPruner(
+            m,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            ignored_layers=[m.fc],
+        )
+        pruner.step()
+        return m
+
+    lo, hi = 0.0, 0.99
+    best = (pruned(hi), hi)
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        m = pruned(mid)
+        if count_params(m) <= target_params:
+            best, hi = (m, mid), mid
+        else:
+            lo = mid
+    return best
+
+
+def run(
+    width: float,
+    epochs: int,
+    init_density: float,
+    lam: float,
+    seed: int,
+    quick: bool,
+    out: pathlib.Path,
+) -> dict:
+    t_all = time.perf_counter()
+    dataset = "digits" if quick else "mnist5k"
+    cfg = bregman_config(width, epochs, init_density, lam, seed, dataset)
+    split = load_split(TrainConfig.from_dict(cfg))
+    xs, ys = split.train.tensors
+    xt, yt = split.test.tensors
+    example = xt[:8]
+    batch_sizes = (1, 8) if quick else (1, 64)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = pathlib.Path(tmp_s)
+        # archdiscover: Bregman training on coupled groups, then compile
+        res, log, secs = train_run(cfg, tmp, "bregman")
+        _, summary = compile_and_time(
+            res.model, example, tmp, quick=quick, name="bregman", batch_sizes=batch_sizes
+        )
+        results["archdiscover (AdaBreg, coupled groups, compiled)"] = {
+            "test_accuracy": log[-1]["val_accuracy"],
+            "seconds": secs,
+            **summary,
+        }
+        # the same network with widths rounded to what runs fastest here (exact as well)
+        _, fast = compile_and_time(
+            res.model,
+            example,
+            tmp,
+            quick=quick,
+            name="bregman_auto",
+            round_to="auto",
+            batch_sizes=batch_sizes,
+        )
+        results["archdiscover, widths rounded for speed (round_to='auto')"] = {
+            "test_accuracy": log[-1]["val_accuracy"],
+            "seconds": secs,
+            **fast,
+        }
+        density_curve = [100 * r["density"] for r in log]
+        target = summary["params_compact"]
+
+        # Torch-Pruning: dense training, magnitude pruning to the same size, fine-tuning
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        dense = build_model(TrainConfig.from_dict(cfg))
+        e1 = epochs // 2 if epochs > 1 else 1
+        e2 = max(0, epochs - e1)
+        fit(dense, xs, ys, e1, 2e-3, seed, "dense")
+        dense_acc = accuracy(dense, xt, yt)
+        pruned, ratio = prune_to(dense.eval(), example, target)
+        pruned_acc = accuracy(pruned, xt, yt)
+        fit(pruned, xs, ys, e2, 1e-3, seed + 1, "fine-tune")
+        tp_secs = time.perf_counter() - t0
+        tp_acc = accuracy(pruned, xt, yt)
+        pruned.eval()
+        dense_onnx = export_onnx(dense.eval(), tmp / "tp_dense.onnx", example)
+        pruned_onnx = export_onnx(pruned, tmp / "tp_pruned.onnx", example)
+        reps = (
+            dict(warmup=2, repeats=6, rounds=2) if quick else dict(warmup=5, repeats=60, rounds=6)
+        )
+        lat = compare_latency(
+            dense_onnx, pruned_onnx, tuple(example.shape[1:]), batch_sizes, **reps
+        )
+        macs_d, params_d = tp.utils.count_ops_and_params(dense, example[:1])
+        macs_p, params_p = tp.utils.count_ops_and_params(pruned, example[:1])
+        results["Torch-Pruning (MetaPruner, group magnitude) + fine-tune"] = {
+            "test_accuracy": tp_acc,
+            "dense_accuracy_before_pruning": dense_acc,
+            "accuracy_right_after_pruning": pruned_acc,
+            "pruning_ratio": ratio,
+            "epochs_dense": e1,
+            "epochs_finetune": e2,
+            "seconds": tp_secs,
+            "params_dense": int(params_d),
+            "params_compact": int(params_p),
+            "params_fraction": params_p / params_d,
+            "flops_dense": int(2 * macs_d),
+            "flops_compact": int(2 * macs_p),
+            "flops_fraction": macs_p / macs_d,
+            "latency_ms": {
+                str(b): {
+                    "dense": v["dense"]["median_ms"],
+                    "compact": v["compact"]["median_ms"],
+                    "speedup": v["speedup"],
+                }
+                for b, v in lat.items()
+            },
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    plot = plot_summary(results, out / "resnet_vs_torch_pruning.png", batch_sizes)
+    return {
+        "experiment": "resnet_vs_torch_pruning",
+        "model": f"ResNet-20 x{width:g} (CIFAR-style), {dataset} padded to 32x32",
+        "epochs": epochs,
+        "seed": seed,
+        "bregman_config": cfg,
+        "bregman_density_per_epoch_percent": density_curve,
+        "results": results,
+        "plots": [str(plot)],
+        "seconds": time.perf_counter() - t_all,
+    }
+
+
+def plot_summary(results: dict[str, dict], path: pathlib.Path, batch_sizes) -> pathlib.Path:
+    fig = Figure(figsize=(11, 4.5), dpi=120)
+    names = list(results)
+    short = {
+        "archdiscover (AdaBreg, coupled groups, compiled)": "archdiscover",
+        "archdiscover, widths rounded for speed (round_to='auto')": "archdiscover\nauto-rounded",
+        "Torch-Pruning (MetaPruner, group magnitude) + fine-tune": "Torch-Pruning",
+    }
+    labels = [short.get(n, n) for n in names]
+    colors = [f"C{i}" for i in range(len(names))]
+    panels = [
+        ("test accuracy (%)", [results[n]["test_accuracy"] for n in names]),
+        ("parameters kept (%)", [100 * results[n]["params_fraction"] for n in names]),
+        ("FLOPs kept (%)", [100 * results[n]["flops_fraction"] for n in names]),
+    ] + [
+        (
+            f"onnxruntime speed-up, batch {b} (x)",
+            [results[n]["latency_ms"][str(b)]["speedup"] for n in names],
+        )
+        for b in batch_sizes
+    ]
+    for k, (title, vals) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        ax.bar(labels, vals, color=colors)
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(axis="x", labelsize=6, rotation=90)
+        if title.startswith("test"):
+            ax.set_ylim(max(0.0, min(vals) - 10), 100)
+    fig.suptitle(
+        "ResNet-20 on MNIST 5k (32x32): archdiscover vs Torch-Pruning, same epochs", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="ResNet-20 x1 on digits, 2 epochs")
+    ap.add_argument("--width", type=float, default=4.0)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--init-density", type=float, default=0.3)
+    ap.add_argument("--lam", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.width, args.epochs = 1.0, 2
+    result = run(
+        args.width, args.epochs, args.init_density, args.lam, args.seed, args.quick, args.out
+    )
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The paper-experiment scripts (benchmarks/paper/) in --quick mode: they run end to end and
+their JSON has the expected keys and sane values. The full runs stay out of CI."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    path = ROOT / "benchmarks" / "paper" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"paper_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pngs(out: dict) -> None:
+    assert out["plots"]
+    for p in out["plots"]:
+        assert Path(p).read_bytes()[:4] == b"\x89PNG"
+
+
+def _latency(lat: dict, sizes=("1", "64")) -> None:
+    assert set(lat) == set(sizes)
+    for v in lat.values():
+        assert v["dense"] > 0 and v["compact"] > 0
+        assert abs(v["speedup"] - v["dense"] / v["compact"]) < 1e-9
+
+
+def test_convnet_script_quick(tmp_path):
+    out = _load("convnet_mnist5k").main(["--quick", "--out", str(tmp_path)])
+    t1, t2 = out["table1_l1"], out["table2_group"]
+    assert set(t1) == {"Adam (dense)", "LinBreg"} and set(t2) == {"LinBreg"}
+    assert t1["Adam (dense)"]["nonzero_total_percent"] == 100.0
+    assert 0 < t1["LinBreg"]["nonzero_total_percent"] < 10  # grows from 1%
+    for row in (*t1.values(), *t2.values()):
+        assert 10 <= row["test_accuracy"] <= 100 and 0 <= row["train_accuracy"] <= 100
+        assert 0 < row["nonzero_conv_percent"] <= 100 and 0 < row["nonzero_linear_percent"] <= 100
+    c = out["compiled"]
+    assert c["run"] == "group: LinBreg" and c["max_rel_error"] < 1e-4
+    assert c["params_compact"] < c["params_dense"] and c["flops_compact"] < c["flops_dense"]
+    assert c["widths"]["classifier.3"] == [10, 10]  # the outputs stay
+    assert all(after <= before for before, after in c["widths"].values())
+    _latency(c["latency_ms"])
+    _pngs(out)
+
+
+def test_autoencoder_script_quick(tmp_path):
+    out = _load("autoencoder_mnist5k").main(["--quick", "--out", str(tmp_path)])
+    assert set(out["results"]) == {"dense", "conv"}
+    for kind, r in out["results"].items():
+        runs = r["runs"]
+        assert {"discovered (Bregman)", "dense supernet, Adam"} <= set(runs)
+        assert r["discovered_widths"].keys() == r["supernet_widths"].keys()
+        for name, w in r["discovered_widths"].items():
+            assert 0 <= w <= r["supernet_widths"][name]
+        # the retrained network is built from the discovered widths: exactly the compact size
+        retrained = runs["discovered shape, retrained from scratch (Adam)"]
+        assert retrained["params"] == runs["discovered (Bregman)"]["params"], kind
+        assert runs["discovered (Bregman)"]["onnx_max_abs_error"] < 1e-4
+        for row in runs.values():
+            assert -1 <= row["ssim"] <= 1 and 0 < row["psnr_db"] < 60
+            assert abs(row["noisy_psnr_db"] - runs["dense supernet, Adam"]["noisy_psnr_db"]) < 1e-6
+    _pngs(out)
+
+
+def test_resnet_vs_torch_pruning_script_quick(tmp_path):
+    out = _load("resnet_vs_torch_pruning").main(["--quick", "--out", str(tmp_path)])
+    ours = out["results"]["archdiscover (AdaBreg, coupled groups, compiled)"]
+    theirs = out["results"]["Torch-Pruning (MetaPruner, group magnitude) + fine-tune"]
+    assert ours["max_rel_error"] < 1e-4
+    assert ours["params_compact"] < ours["params_dense"] == theirs["params_dense"]
+    # Torch-Pruning is pruned to at most our parameter count
+    assert theirs["params_compact"] <= ours["params_compact"]
+    assert theirs["epochs_dense"] + theirs["epochs_finetune"] == out["epochs"]
+    fast = out["results"]["archdiscover, widths rounded for speed (round_to='auto')"]
+    assert fast["round_to"] in (1, 4, 8, 16) and fast["max_rel_error"] < 1e-4
+    assert fast["params_compact"] >= ours["params_compact"]  # rounding keeps zero channels
+    for r in (ours, fast, theirs):
+        assert 0 <= r["test_accuracy"] <= 100 and 0 < r["flops_fraction"] <= 1
+        _latency(r["latency_ms"], sizes=("1", "8"))
+    _pngs(out)
+
+
+def test_flops_budget_script_quick(tmp_path):
+    out = _load("flops_budget").main(["--quick", "--targets", "0.3", "--out", str(tmp_path)])
+    r = out["results"]["0.3"]
+    assert len(r["flops_fraction_per_epoch"]) == len(r["lam_per_epoch"]) == 2
+    assert 0 < r["final_flops_fraction"] <= 1
+    assert r["final_flops_fraction"] == r["flops_fraction_per_epoch"][-1]
+    assert abs(r["relative_miss"] - (r["final_flops_fraction"] - 0.3) / 0.3) < 1e-12
+    _pngs(out)
