@@ -617,9 +617,13 @@ class LinBreg(_FusedMixin, RegularizedOptimizer):
     def _reg_changed(self, group: dict[str, Any], old: Regularizer, new: Regularizer) -> None:
         """Keep ``theta`` a fixed point: ``v = theta/delta + p`` with ``p in dJ_new(theta)``.
 
-        The subgradient part ``p = v - theta/delta`` of the old regularizer is rescaled by
-        ``lam_new / lam_old`` when only the strength changes (so coordinates keep their
-        progress toward the threshold), else replaced by ``dJ_new(theta)``.
+        When only the strength changes, the subgradient part ``p = v - theta/delta`` of the
+        non-zero coordinates is rescaled by ``lam_new / lam_old`` (what keeps them fixed).
+        Zero coordinates: when ``lam`` falls, their ``p`` is rescaled as well, so they keep
+        their progress toward the threshold and none enters at once; when ``lam`` rises,
+        their ``p`` is kept, so they are at once farther from the higher threshold (a brake
+        that acts now, not after the entries already under way). Another regularizer
+        structure replaces ``p`` by ``dJ_new(theta)``.
         """
         _rebase_subgradients(self.state, group, old, new)
 
@@ -634,10 +638,14 @@ def _rebase_subgradients(
     params = [p for p in group["params"] if "v" in state.get(p, {})]
     with torch.no_grad():
         if old.same_structure(new) and old.lam > 0:
+            ratio = new.lam / old.lam
             for p in params:
                 v = state[p]["v"]
                 base = p.detach() / delta
-                v.copy_(base + (v - base) * (new.lam / old.lam))
+                scaled = base + (v - base) * ratio
+                if ratio > 1:  # zero coordinates keep v: farther from the higher threshold
+                    scaled = torch.where(p != 0, scaled, v)
+                v.copy_(scaled)
         elif params:
             for p, v0 in zip(params, _initial_vs(params, delta, new), strict=True):
                 state[p]["v"].copy_(v0)

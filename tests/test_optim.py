@@ -441,3 +441,22 @@ def test_params_without_grad_are_left_alone_and_closure_returns_loss():
 def test_invalid_hyperparameters_raise_precise_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make(list(_net().parameters()))
+
+
+@pytest.mark.parametrize("opt_cls", [LinBreg, AdaBreg])
+def test_raising_lam_keeps_the_subgradient_of_zero_coordinates(opt_cls):
+    # lowering lam rescales every subgradient (no coordinate jumps in at once); raising it
+    # keeps the zero coordinates' v, so they are at once farther from the new threshold
+    x, y = _data()
+    model = _net()
+    opt = opt_cls(_groups(model, L1(0.05)), lr=0.05, fused=False)
+    _train(model, opt, 5, x, y)
+    w = model[0].weight
+    zero = w.detach() == 0
+    assert zero.any() and (~zero).any()
+    v0 = opt.state[w]["v"].clone()
+    opt.set_reg(0, L1(0.2))
+    v1 = opt.state[w]["v"]
+    assert torch.equal(v1[zero], v0[zero])
+    opt.set_reg(0, L1(0.1))  # lower: everything rescaled by 1/2 around theta / delta
+    torch.testing.assert_close(opt.state[w]["v"][zero], v0[zero] / 2)
