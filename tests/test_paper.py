@@ -7,6 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -95,3 +97,45 @@ def test_flops_budget_script_quick(tmp_path):
     assert r["final_flops_fraction"] == r["flops_fraction_per_epoch"][-1]
     assert abs(r["relative_miss"] - (r["final_flops_fraction"] - 0.3) / 0.3) < 1e-12
     _pngs(out)
+
+
+def test_scripts_read_a_users_full_dataset(tmp_path):
+    # a tiny MNIST in IDX files stands in for the user's full set
+    from test_data import _write_idx_set
+
+    _write_idx_set(tmp_path / "data", n_train=40, n_test=8)
+    out = _load("flops_budget").main(
+        [
+            "--quick",
+            "--targets",
+            "0.3",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert out["config"]["dataset"] == "mnist"
+    assert out["config"]["data_dir"] == str(tmp_path / "data")
+    assert len(out["results"]["0.3"]["flops_fraction_per_epoch"]) == 2
+
+
+def test_scripts_name_the_missing_dataset(tmp_path, monkeypatch):
+    from archdiscover.data import DatasetNotFoundError
+
+    monkeypatch.delenv("ARCHDISCOVER_DATA", raising=False)
+    mod = _load("convnet_mnist5k")
+    with pytest.raises(DatasetNotFoundError, match=r"train-images|t10k-images|data-dir"):
+        mod.main(
+            [
+                "--quick",
+                "--dataset",
+                "fashion_mnist",
+                "--data-dir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path),
+            ]
+        )

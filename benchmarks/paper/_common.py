@@ -132,3 +132,18 @@ def compile_and_time(
         },
     }
     return c, summary
+
+
+MNIST_LIKE = ("mnist5k", "mnist", "fashion_mnist")
+
+
+def add_data_args(ap: Any, choices: Sequence[str] = MNIST_LIKE) -> None:
+    """``--dataset`` and ``--data-dir``: the full sets (MNIST, Fashion-MNIST, CIFAR-10) are
+    read from the user's directory (or ``$ARCHDISCOVER_DATA``)."""
+    ap.add_argument("--dataset", default="mnist5k", choices=list(choices))
+    ap.add_argument("--data-dir", help="folder with the dataset's files (full sets only)")
+
+
+def data_keys(args: Any) -> dict[str, Any]:
+    """The ``TrainConfig`` keys for the chosen data."""
+    return {"dataset": args.dataset, "data_dir": args.data_dir}

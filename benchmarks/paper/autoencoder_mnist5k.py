@@ -20,6 +20,7 @@ Plots: the widths layer by layer, and their growth over the epochs.
 
     python benchmarks/paper/autoencoder_mnist5k.py [--epochs 60] [--conv-epochs 20]
     python benchmarks/paper/autoencoder_mnist5k.py --quick     # seconds: checks the script
+    python benchmarks/paper/autoencoder_mnist5k.py --dataset mnist --data-dir DIR  # full MNIST
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from _common import train_run
+from _common import add_data_args, data_keys, train_run
 
 import archdiscover as ad
 from archdiscover.metrics import psnr, ssim
@@ -119,9 +120,11 @@ def quality(model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor) -> dic
     }
 
 
-def run(epochs: dict[str, int], seed: int, quick: bool, out: pathlib.Path) -> dict:
+def run(
+    epochs: dict[str, int], seed: int, quick: bool, out: pathlib.Path, data: dict | None = None
+) -> dict:
     t_all = time.perf_counter()
-    base = dict(dataset="mnist5k", task="denoising", batch_size=64, seed=seed)
+    base = dict(dataset="mnist5k", task="denoising", batch_size=64, seed=seed, **(data or {}))
     split = load_split(TrainConfig.from_dict({**base, "model": "mlp"}))
     xs, xt = split.train.tensors[0], split.test.tensors[0]
     span = float(xs.max() - xs.min())  # standardized units per pixel-range unit
@@ -186,6 +189,7 @@ def run(epochs: dict[str, int], seed: int, quick: bool, out: pathlib.Path) -> di
     ]
     return {
         "experiment": "autoencoder_mnist5k",
+        "dataset": base["dataset"],
         "task": f"denoising, noise std {NOISE_PIXEL_STD} of the pixel range",
         "epochs": epochs,
         "seed": seed,
@@ -256,11 +260,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--conv-epochs", type=int, default=20, help="conv supernet")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
+    add_data_args(ap)
     args = ap.parse_args(argv)
     epochs = {"dense": args.epochs, "conv": args.conv_epochs}
     if args.quick:
         epochs = {"dense": 1, "conv": 1}
-    result = run(epochs, args.seed, args.quick, args.out)
+    result = run(epochs, args.seed, args.quick, args.out, data_keys(args))
     print(json.dumps(result, indent=2))
     return result
 

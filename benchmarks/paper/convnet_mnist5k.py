@@ -15,6 +15,7 @@ fc 128->10 (``models.convnet``), 4,000 / 1,000 stratified split, batch 64.
 
     python benchmarks/paper/convnet_mnist5k.py [--epochs 20] [--out docs/results]
     python benchmarks/paper/convnet_mnist5k.py --quick     # seconds: checks the script
+    python benchmarks/paper/convnet_mnist5k.py --dataset fashion_mnist --data-dir DIR  # paper
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from _common import compile_and_time, train_accuracy, train_run, weight_density
+from _common import (
+    add_data_args,
+    compile_and_time,
+    data_keys,
+    train_accuracy,
+    train_run,
+    weight_density,
+)
 
 BASE = dict(model="convnet", dataset="mnist5k", batch_size=64, fused="auto")
 L1_RUNS: dict[str, dict] = {
@@ -53,7 +61,8 @@ QUICK_L1 = ("Adam (dense)", "LinBreg")
 QUICK_GROUP = ("LinBreg",)
 
 
-def run(epochs: int, seed: int, quick: bool, out: pathlib.Path) -> dict:
+def run(epochs: int, seed: int, quick: bool, out: pathlib.Path, data: dict | None = None) -> dict:
+    base = {**BASE, **(data or {})}
     tables: dict[str, dict[str, dict]] = {"table1_l1": {}, "table2_group": {}}
     curves: dict[str, list[float]] = {}
     best = None
@@ -68,7 +77,7 @@ def run(epochs: int, seed: int, quick: bool, out: pathlib.Path) -> dict:
             for name in (QUICK_GROUP if quick else GROUP_RUNS)
         ]
         for table, name, extra in plan:
-            cfg = {**BASE, **extra, "epochs": epochs, "seed": seed}
+            cfg = {**base, **extra, "epochs": epochs, "seed": seed}
             res, log, secs = train_run(cfg, tmp, f"{table}-{name}")
             dens = weight_density(res.model)
             row = {
@@ -79,7 +88,7 @@ def run(epochs: int, seed: int, quick: bool, out: pathlib.Path) -> dict:
                 "nonzero_linear_percent": dens["linear"],
                 "active_units": log[-1]["active_units"],
                 "seconds": secs,
-                "config": {k: v for k, v in cfg.items() if k not in BASE},
+                "config": {k: v for k, v in cfg.items() if k not in base},
             }
             tables[table][name] = row
             curves[f"{'L1' if table == 'table1_l1' else 'group'}: {name}"] = [
@@ -91,7 +100,7 @@ def run(epochs: int, seed: int, quick: bool, out: pathlib.Path) -> dict:
                     best = (name, row, res.model)
         compiled = None
         if best is not None:
-            split_x = _example(BASE, seed)
+            split_x = _example(base, seed)
             _, summary = compile_and_time(best[2], split_x, tmp, quick=quick, name="convnet")
             compiled = {"run": f"group: {best[0]}", "test_accuracy": best[1]["test_accuracy"]}
             compiled.update(summary)
@@ -99,6 +108,7 @@ def run(epochs: int, seed: int, quick: bool, out: pathlib.Path) -> dict:
     plot = plot_density(curves, out / "convnet_density_per_epoch.png")
     return {
         "experiment": "convnet_mnist5k",
+        "dataset": base["dataset"],
         "model": "ConvNet conv5x5(1->64)-pool-conv5x5(64->64)-pool-fc1024->128-fc128->10",
         "epochs": epochs,
         "seed": seed,
@@ -139,8 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
+    add_data_args(ap)
     args = ap.parse_args(argv)
-    result = run(1 if args.quick else args.epochs, args.seed, args.quick, args.out)
+    result = run(1 if args.quick else args.epochs, args.seed, args.quick, args.out, data_keys(args))
     print(json.dumps(result, indent=2))
     return result
 

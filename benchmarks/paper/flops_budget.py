@@ -10,7 +10,7 @@ network is below the target and has stopped growing, multiplies it when above an
 growing. Reported: the FLOPs fraction and ``lam`` per epoch, where it lands against the target,
 and the accuracy.
 
-    python benchmarks/paper/flops_budget.py [--targets 0.25 0.1] [--epochs 20]
+    python benchmarks/paper/flops_budget.py [--targets 0.25 0.1] [--epochs 20] [--patience 1]
     python benchmarks/paper/flops_budget.py --quick     # seconds: checks the script
 """
 
@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import _common  # noqa: F401  (puts the repository on sys.path)
+from _common import add_data_args, data_keys
 
 import archdiscover as ad
 from archdiscover.train import TrainConfig, load_split, train
@@ -58,13 +58,23 @@ def flops_fraction(example: torch.Tensor):
     return measure
 
 
-def run(targets: list[float], epochs: int, seed: int, quick: bool, out: pathlib.Path) -> dict:
+def run(
+    targets: list[float],
+    epochs: int,
+    seed: int,
+    quick: bool,
+    out: pathlib.Path,
+    patience: int,
+    data: dict | None = None,
+) -> dict:
     t_all = time.perf_counter()
-    example = load_split(TrainConfig.from_dict({**CONFIG, "seed": seed})).test.tensors[0][:8]
+    base = {**CONFIG, **(data or {})}
+    example = load_split(TrainConfig.from_dict({**base, "seed": seed})).test.tensors[0][:8]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for target in targets:
-            cfg = {**CONFIG, "target_density": target, "epochs": epochs, "seed": seed}
+            cfg = {**base, "target_density": target, "epochs": epochs, "seed": seed}
+            cfg["lam_patience"] = patience
             if quick:
                 cfg["model_args"] = {"channels": [16, 16], "hidden": 32}
             log: list[dict] = []
@@ -102,7 +112,7 @@ def run(targets: list[float], epochs: int, seed: int, quick: bool, out: pathlib.
     return {
         "experiment": "flops_budget",
         "model": "ConvNet (paper), kernel + neuron groups, LinBreg b=0.9",
-        "config": CONFIG,
+        "config": {**base, "lam_patience": patience},
         "epochs": epochs,
         "seed": seed,
         "results": results,
@@ -148,9 +158,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.25, 0.1])
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--patience", type=int, default=1, help="the LamScheduler's patience")
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
+    add_data_args(ap)
     args = ap.parse_args(argv)
-    result = run(args.targets, 2 if args.quick else args.epochs, args.seed, args.quick, args.out)
+    epochs = 2 if args.quick else args.epochs
+    result = run(
+        args.targets, epochs, args.seed, args.quick, args.out, args.patience, data_keys(args)
+    )
     print(json.dumps(result, indent=2))
     return result
 

@@ -9,6 +9,7 @@ space grows from 1%; ProxSGD's forward scale space shrinks from 100%).
 
     python benchmarks/paper/mlp_mnist5k.py [--out docs/results] [--epochs 40]
     python benchmarks/paper/mlp_mnist5k.py --quick     # seconds: checks the script
+    python benchmarks/paper/mlp_mnist5k.py --dataset mnist --data-dir DIR   # full MNIST
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from matplotlib.figure import Figure
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from archdiscover.train import train
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import add_data_args, data_keys
 
 MLP = {"in_features": 784, "widths": [200, 80], "out_features": 10}
 BASE = dict(model="mlp", model_args=MLP, dataset="mnist5k", batch_size=64, fused="auto")
@@ -50,7 +54,9 @@ def sd(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def run(epochs: int, seeds: list[int], names: list[str], out: pathlib.Path) -> dict:
+def run(
+    epochs: int, seeds: list[int], names: list[str], out: pathlib.Path, data: dict | None = None
+) -> dict:
     results: dict[str, dict] = {}
     curves: dict[str, list[list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,6 +65,7 @@ def run(epochs: int, seeds: list[int], names: list[str], out: pathlib.Path) -> d
             for seed in seeds:
                 cfg = {
                     **BASE,
+                    **(data or {}),
                     "regularizer": "l1",
                     "init_density": 0.01,
                     **RUNS[name],
@@ -98,6 +105,7 @@ def run(epochs: int, seeds: list[int], names: list[str], out: pathlib.Path) -> d
     ]
     return {
         "experiment": "mlp_mnist5k",
+        "dataset": (data or {}).get("dataset", BASE["dataset"]),
         "model": "MLP 784-200-80-10",
         "epochs": epochs,
         "seeds": seeds,
@@ -154,11 +162,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, 3 runs")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
+    add_data_args(ap)
     args = ap.parse_args(argv)
     if args.quick:
-        result = run(2, [0], list(QUICK), args.out)
+        result = run(2, [0], list(QUICK), args.out, data_keys(args))
     else:
-        result = run(args.epochs, [0, 1, 2], list(RUNS), args.out)
+        result = run(args.epochs, [0, 1, 2], list(RUNS), args.out, data_keys(args))
     print(json.dumps(result, indent=2))
     return result
 

@@ -20,6 +20,7 @@ fractions, latency and speed-up. The archdiscover model is also compiled with
 
     python benchmarks/paper/resnet_vs_torch_pruning.py [--width 4] [--epochs 8]
     python benchmarks/paper/resnet_vs_torch_pruning.py --quick     # seconds: checks the script
+    python benchmarks/paper/resnet_vs_torch_pruning.py --dataset cifar10 --data-dir DIR
 """
 
 from __future__ import annotations
@@ -40,20 +41,28 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from _common import accuracy, compile_and_time, train_run
+from _common import accuracy, add_data_args, compile_and_time, train_run
 
 from archdiscover.export import compare_latency, export_onnx
 from archdiscover.train import TrainConfig, build_model, load_split
 
 
 def bregman_config(
-    width: float, epochs: int, init_density: float, lam: float, seed: int, dataset: str
+    width: float,
+    epochs: int,
+    init_density: float,
+    lam: float,
+    seed: int,
+    dataset: str,
+    data_dir: str | None = None,
 ) -> dict:
+    cifar = dataset == "cifar10"
     return dict(
         model="resnet20",
-        model_args={"width_multiplier": width, "in_channels": 1},
+        model_args={"width_multiplier": width, "in_channels": 3 if cifar else 1},
         dataset=dataset,
-        pad_to=32,
+        data_dir=data_dir,
+        pad_to=None if cifar else 32,
         optimizer="adabreg",
         lr=2e-3,
         regularizer="coupled",
@@ -130,10 +139,11 @@ def run(
     seed: int,
     quick: bool,
     out: pathlib.Path,
+    dataset: str = "mnist5k",
+    data_dir: str | None = None,
 ) -> dict:
     t_all = time.perf_counter()
-    dataset = "digits" if quick else "mnist5k"
-    cfg = bregman_config(width, epochs, init_density, lam, seed, dataset)
+    cfg = bregman_config(width, epochs, init_density, lam, seed, dataset, data_dir)
     split = load_split(TrainConfig.from_dict(cfg))
     xs, ys = split.train.tensors
     xt, yt = split.test.tensors
@@ -221,7 +231,9 @@ def run(
     plot = plot_summary(results, out / "resnet_vs_torch_pruning.png", batch_sizes)
     return {
         "experiment": "resnet_vs_torch_pruning",
-        "model": f"ResNet-20 x{width:g} (CIFAR-style), {dataset} padded to 32x32",
+        "model": f"ResNet-20 x{width:g} (CIFAR-style), {dataset}"
+        + ("" if dataset == "cifar10" else " padded to 32x32"),
+        "dataset": dataset,
         "epochs": epochs,
         "seed": seed,
         "bregman_config": cfg,
@@ -279,11 +291,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lam", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
+    add_data_args(ap, ("mnist5k", "mnist", "fashion_mnist", "cifar10"))
     args = ap.parse_args(argv)
-    if args.quick:
-        args.width, args.epochs = 1.0, 2
+    if args.quick:  # digits: 1,437 8x8 images padded to 32x32
+        args.width, args.epochs, args.dataset = 1.0, 2, "digits"
     result = run(
-        args.width, args.epochs, args.init_density, args.lam, args.seed, args.quick, args.out
+        args.width,
+        args.epochs,
+        args.init_density,
+        args.lam,
+        args.seed,
+        args.quick,
+        args.out,
+        args.dataset,
+        args.data_dir,
     )
     print(json.dumps(result, indent=2))
     return result
