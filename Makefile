@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench paper venv clean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ lint: venv
 bench: venv
 	$(PY) benchmarks/optim_step.py
 	$(PY) benchmarks/compile_resnet.py
+
+# the paper's five experiments (docs/RESULTS.md): about 45 minutes on 2 CPU cores
+PAPER := mlp_mnist5k convnet_mnist5k autoencoder_mnist5k resnet_vs_torch_pruning flops_budget
+paper: venv
+	for s in $(PAPER); do $(PY) benchmarks/paper/$$s.py > docs/results/$$s.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

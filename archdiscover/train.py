@@ -90,10 +90,12 @@ class TrainConfig:
         regularizer: ``l1`` (entries of every Conv/Linear weight), ``group`` (output units
             of every Conv/ConvTranspose/Linear weight), ``kernels`` (each k x k kernel of a
             convolution, the rows of a Linear: the paper's Table 2), ``coupled`` (coupled
-            channel groups,
-            BatchNorm scale and shift included: dead channels are exactly zero),
-            ``coupled_weights`` (coupled groups of filters only, biases kept non-zero, so
-            dead channels can come back), or ``none``; ``lam`` its strength.
+            channel groups, BatchNorm scale and shift included: dead channels are exactly
+            zero), ``coupled_weights`` (coupled groups of filters only, biases kept
+            non-zero, so dead channels can come back), or ``none``; ``lam`` its strength.
+            With ``group`` and ``kernels``, a layer none of whose outputs can be removed
+            (it makes the model's output) gets entry-wise L1 instead: switching off one of
+            its output units would only switch off an output.
         init_density: fraction of weights / units kept by the sparse initialization
             (1.0 = a dense Kaiming start).
         bias_init: biases at the sparse initialization: ``zero``, ``keep`` (torch's

@@ -124,7 +124,8 @@ def run(
     epochs: dict[str, int], seed: int, quick: bool, out: pathlib.Path, data: dict | None = None
 ) -> dict:
     t_all = time.perf_counter()
-    base = dict(dataset="mnist5k", task="denoising", batch_size=64, seed=seed, **(data or {}))
+    base = {"dataset": "mnist5k", "task": "denoising", "batch_size": 64, "seed": seed}
+    base.update(data or {})
     split = load_split(TrainConfig.from_dict({**base, "model": "mlp"}))
     xs, xt = split.train.tensors[0], split.test.tensors[0]
     span = float(xs.max() - xs.min())  # standardized units per pixel-range unit
