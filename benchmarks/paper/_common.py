@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
@@ -107,8 +108,9 @@ def compile_and_time(
     compile_s = time.perf_counter() - t0
     dense = export_onnx(model, tmp / f"{name}_dense.onnx", example)
     compact = c.export_onnx(tmp / f"{name}_compact.onnx")
-    reps = dict(warmup=2, repeats=6, rounds=2) if quick else dict(warmup=5, repeats=60, rounds=6)
-    lat = compare_latency(dense, compact, tuple(example.shape[1:]), tuple(batch_sizes), **reps)
+    lat = compare_latency(
+        dense, compact, tuple(example.shape[1:]), tuple(batch_sizes), **latency_reps(quick)
+    )
     r = c.report
     summary = {
         "params_dense": r.params_before,
@@ -122,16 +124,48 @@ def compile_and_time(
         "round_to": r.round_to,
         "max_rel_error": r.max_error,
         "compile_seconds": compile_s,
-        "latency_ms": {
-            str(b): {
-                "dense": v["dense"]["median_ms"],
-                "compact": v["compact"]["median_ms"],
-                "speedup": v["speedup"],
-            }
-            for b, v in lat.items()
-        },
+        "latency_ms": latency_summary(lat),
     }
     return c, summary
+
+
+def latency_reps(quick: bool) -> dict[str, int]:
+    """``compare_latency`` repetitions: a few for ``--quick``, 60 per model otherwise."""
+    return dict(warmup=2, repeats=6, rounds=2) if quick else dict(warmup=5, repeats=60, rounds=6)
+
+
+def latency_summary(lat: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """``compare_latency``'s result as JSON: per batch size, the two medians and the ratio."""
+    return {
+        str(b): {
+            "dense": v["dense"]["median_ms"],
+            "compact": v["compact"]["median_ms"],
+            "speedup": v["speedup"],
+        }
+        for b, v in lat.items()
+    }
+
+
+def plot_density_per_epoch(
+    curves: Mapping[str, Sequence[float]],
+    path: pathlib.Path,
+    title: str,
+    dashed: Any = lambda name: False,
+) -> pathlib.Path:
+    """Non-zero weights (%) against the epoch, one line per run (``dashed(name)``: dashed)."""
+    fig = Figure(figsize=(8, 5), dpi=120)
+    ax = fig.add_subplot()
+    for name, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), ys, label=name, ls="--" if dashed(name) else "-")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("non-zero weights (%, log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
 
 
 MNIST_LIKE = ("mnist5k", "mnist", "fashion_mnist")

@@ -27,14 +27,13 @@ import sys
 import tempfile
 import time
 
-from matplotlib.figure import Figure
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from _common import (
     add_data_args,
     compile_and_time,
     data_keys,
+    plot_density_per_epoch,
     train_accuracy,
     train_run,
     weight_density,
@@ -105,7 +104,12 @@ def run(epochs: int, seed: int, quick: bool, out: pathlib.Path, data: dict | Non
             compiled = {"run": f"group: {best[0]}", "test_accuracy": best[1]["test_accuracy"]}
             compiled.update(summary)
     out.mkdir(parents=True, exist_ok=True)
-    plot = plot_density(curves, out / "convnet_density_per_epoch.png")
+    plot = plot_density_per_epoch(
+        curves,
+        out / "convnet_density_per_epoch.png",
+        "ConvNet on MNIST 5k: non-zero weights per epoch",
+        dashed=lambda name: not name.startswith("L1"),
+    )
     return {
         "experiment": "convnet_mnist5k",
         "dataset": base["dataset"],
@@ -125,22 +129,6 @@ def _example(base: dict, seed: int):
 
     split = load_split(TrainConfig.from_dict({**base, "seed": seed}))
     return split.test.tensors[0][:8]
-
-
-def plot_density(curves: dict[str, list[float]], path: pathlib.Path) -> pathlib.Path:
-    fig = Figure(figsize=(8, 5), dpi=120)
-    ax = fig.add_subplot()
-    for name, ys in curves.items():
-        ax.plot(range(1, len(ys) + 1), ys, label=name, ls="-" if name.startswith("L1") else "--")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("non-zero weights (%, log scale)")
-    ax.set_title("ConvNet on MNIST 5k: non-zero weights per epoch")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -20,16 +20,11 @@ import pathlib
 import statistics
 import sys
 import tempfile
-import time
 
 from matplotlib.figure import Figure
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-
-from archdiscover.train import train
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import add_data_args, data_keys
+from _common import add_data_args, data_keys, plot_density_per_epoch, sd, train_run
 
 MLP = {"in_features": 784, "widths": [200, 80], "out_features": 10}
 BASE = dict(model="mlp", model_args=MLP, dataset="mnist5k", batch_size=64, fused="auto")
@@ -50,10 +45,6 @@ RUNS: dict[str, dict] = {
 QUICK = ("LinBreg lam=1e-1", "ProxSGD lam=1e-4", "SGD (dense)")
 
 
-def sd(xs: list[float]) -> float:
-    return statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
 def run(
     epochs: int, seeds: list[int], names: list[str], out: pathlib.Path, data: dict | None = None
 ) -> dict:
@@ -72,20 +63,11 @@ def run(
                     "epochs": epochs,
                     "seed": seed,
                 }
-                log: list[dict] = []
-                t0 = time.perf_counter()
-                train(
-                    cfg, pathlib.Path(tmp) / f"{name}-{seed}", progress=False, on_epoch=log.append
-                )
-                secs.append(time.perf_counter() - t0)
+                _, log, seconds = train_run(cfg, pathlib.Path(tmp), f"{name} seed {seed}")
+                secs.append(seconds)
                 accs.append(log[-1]["val_accuracy"])
                 dens.append(100 * log[-1]["weight_density"])
                 per_epoch.append([100 * r["weight_density"] for r in log])
-                print(
-                    f"{name:28s} seed {seed}: {accs[-1]:.2f}% at {dens[-1]:.2f}% non-zero "
-                    f"({secs[-1]:.1f} s)",
-                    file=sys.stderr,
-                )
             results[name] = {
                 "test_accuracy_mean": statistics.mean(accs),
                 "test_accuracy_std": sd(accs),
@@ -101,7 +83,11 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     plots = [
         plot_accuracy(results, out / "mlp_accuracy_vs_density.png"),
-        plot_density(curves, out / "mlp_density_per_epoch.png"),
+        plot_density_per_epoch(
+            {name: _mean_curve(runs) for name, runs in curves.items()},
+            out / "mlp_density_per_epoch.png",
+            "non-zero weights per epoch (mean over seeds)",
+        ),
     ]
     return {
         "experiment": "mlp_mnist5k",
@@ -139,22 +125,9 @@ def plot_accuracy(results: dict[str, dict], path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def plot_density(curves: dict[str, list[list[float]]], path: pathlib.Path) -> pathlib.Path:
-    fig = Figure(figsize=(8, 5), dpi=120)
-    ax = fig.add_subplot()
-    for name, runs in curves.items():
-        n = min(len(r) for r in runs)
-        mean = [statistics.mean(r[i] for r in runs) for i in range(n)]
-        ax.plot(range(1, n + 1), mean, label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("non-zero weights (%, log scale)")
-    ax.set_title("non-zero weights per epoch (mean over seeds)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+def _mean_curve(runs: list[list[float]]) -> list[float]:
+    n = min(len(r) for r in runs)
+    return [statistics.mean(r[i] for r in runs) for i in range(n)]
 
 
 def main(argv: list[str] | None = None) -> dict:

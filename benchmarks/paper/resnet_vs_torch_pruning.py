@@ -41,7 +41,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from _common import accuracy, add_data_args, compile_and_time, train_run
+from _common import (
+    accuracy,
+    add_data_args,
+    compile_and_time,
+    latency_reps,
+    latency_summary,
+    train_run,
+)
 
 from archdiscover.export import compare_latency, export_onnx
 from archdiscover.train import TrainConfig, build_model, load_split
@@ -196,11 +203,8 @@ def run(
         pruned.eval()
         dense_onnx = export_onnx(dense.eval(), tmp / "tp_dense.onnx", example)
         pruned_onnx = export_onnx(pruned, tmp / "tp_pruned.onnx", example)
-        reps = (
-            dict(warmup=2, repeats=6, rounds=2) if quick else dict(warmup=5, repeats=60, rounds=6)
-        )
         lat = compare_latency(
-            dense_onnx, pruned_onnx, tuple(example.shape[1:]), batch_sizes, **reps
+            dense_onnx, pruned_onnx, tuple(example.shape[1:]), batch_sizes, **latency_reps(quick)
         )
         macs_d, params_d = tp.utils.count_ops_and_params(dense, example[:1])
         macs_p, params_p = tp.utils.count_ops_and_params(pruned, example[:1])
@@ -218,14 +222,7 @@ def run(
             "flops_dense": int(2 * macs_d),
             "flops_compact": int(2 * macs_p),
             "flops_fraction": macs_p / macs_d,
-            "latency_ms": {
-                str(b): {
-                    "dense": v["dense"]["median_ms"],
-                    "compact": v["compact"]["median_ms"],
-                    "speedup": v["speedup"],
-                }
-                for b, v in lat.items()
-            },
+            "latency_ms": latency_summary(lat),
         }
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_summary(results, out / "resnet_vs_torch_pruning.png", batch_sizes)
