@@ -1,23 +1,27 @@
 """archdiscover: discover compact neural architectures by sparse Bregman training.
 
-The training core:
+The path of a model through the library::
+
+    archdiscover.models.build  ->  sparse_init_  ->  train (LinBreg / AdaBreg + LamScheduler)
+        ->  compile (channel graph -> analysis -> passes -> prune -> verify)  ->  export_onnx
+
+Every name below is imported on first use (PEP 562): ``from archdiscover import LinBreg``
+loads torch and the optimizers only; the compiler's networkx and Torch-Pruning, the
+exporter's onnx and onnxruntime, and the plots' matplotlib load when first used.
 
 * :mod:`archdiscover.optim` -- ``LinBreg``, ``AdaBreg``, ``ProxSGD`` (``torch.optim`` optimizers);
-* :mod:`archdiscover.regularizers` -- ``L1``, ``GroupL12``, ``Null``;
-* :mod:`archdiscover.init` -- ``sparse_init_``;
-* :mod:`archdiscover.schedule` -- ``LamScheduler``;
-* :mod:`archdiscover.sparsity` -- ``report``.
+* :mod:`archdiscover.regularizers` -- ``L1``, ``GroupL12``, ``CoupledGroupL12``, ``Null``;
+* :mod:`archdiscover.init` -- ``sparse_init_``; :mod:`archdiscover.schedule` -- ``LamScheduler``;
+* :mod:`archdiscover.sparsity` -- who is zero; :mod:`archdiscover.metrics` -- PSNR, SSIM;
+* :mod:`archdiscover.graph` -- ``channel_groups``, ``inspect``;
+  :mod:`archdiscover.coupling` -- ``coupled_param_groups``;
+* :mod:`archdiscover.compiler` -- ``compile``, ``Compiled``, ``load_compiled``;
+* :mod:`archdiscover.export` -- ``export_onnx``, ``onnx_latency``;
+* :mod:`archdiscover.engine` -- ``TrainConfig``, ``train``; :mod:`archdiscover.models` -- the
+  supernets.
 """
 
-from .compile import Compiled, CompileError, CompileReport, compile, load_compiled
-from .export import export_onnx, onnx_latency
-from .graph import ChannelGroup, Slice, channel_groups, inspect
-from .init import sparse_init_
-from .optim import AdaBreg, LinBreg, ProxSGD, RegularizedOptimizer
-from .regularizers import L1, GroupL12, Null, Regularizer
-from .schedule import LamScheduler
-from .sparsity import SparsityReport
-from .sparsity import report as sparsity_report
+from ._lazy import lazy
 
 __version__ = "0.1.0"
 
@@ -28,6 +32,7 @@ __all__ = [
     "CompileError",
     "CompileReport",
     "Compiled",
+    "CoupledGroupL12",
     "GroupL12",
     "LamScheduler",
     "LinBreg",
@@ -37,12 +42,49 @@ __all__ = [
     "Regularizer",
     "Slice",
     "SparsityReport",
+    "TrainConfig",
     "channel_groups",
     "compile",
+    "coupled_param_groups",
     "export_onnx",
     "inspect",
     "load_compiled",
     "onnx_latency",
     "sparse_init_",
     "sparsity_report",
+    "train",
 ]
+
+__getattr__, __dir__ = lazy(
+    __name__,
+    {
+        "AdaBreg": ".optim",
+        "LinBreg": ".optim",
+        "ProxSGD": ".optim",
+        "RegularizedOptimizer": ".optim",
+        "L1": ".regularizers",
+        "GroupL12": ".regularizers",
+        "CoupledGroupL12": ".regularizers",
+        "Null": ".regularizers",
+        "Regularizer": ".regularizers",
+        "sparse_init_": ".init",
+        "LamScheduler": ".schedule",
+        "SparsityReport": ".sparsity",
+        "sparsity_report": ".sparsity:report",
+        "ChannelGroup": ".graph.groups",
+        "Slice": ".graph.groups",
+        "channel_groups": ".graph.groups",
+        "inspect": ".graph.groups",
+        "coupled_param_groups": ".coupling",
+        "CompileError": ".compiler.errors",
+        "CompileReport": ".compiler.pipeline",
+        "Compiled": ".compiler.pipeline",
+        "compile": ".compiler.api",
+        "load_compiled": ".compiler.serialize",
+        "export_onnx": ".export",
+        "onnx_latency": ".latency",
+        "TrainConfig": ".engine.config",
+        "train": ".engine.loop",
+        "models": ".models:",
+    },
+)

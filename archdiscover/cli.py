@@ -5,7 +5,7 @@
     archdiscover report RUN_DIR
     archdiscover demo
 
-Every config key of :class:`archdiscover.train.TrainConfig` is also a flag (``model_args``
+Every config key of :class:`archdiscover.engine.TrainConfig` is also a flag (``model_args``
 as JSON: ``--model-args '{"widths": [100, 100]}'``); flags override the TOML file. Errors
 (unknown key, wrong type, missing dataset, unknown model, unreadable checkpoint, a compiled
 model that does not verify) print one line on stderr and exit non-zero, never a traceback.
@@ -55,38 +55,20 @@ def _read_toml(path: pathlib.Path) -> dict[str, Any]:
         raise _Fail(f"config file {path}: invalid TOML: {e}", EXIT_USAGE) from None
 
 
-def _flag_value(key: str, text: str, annotation: str) -> Any:
-    base = annotation.replace(" | None", "").strip()
-    if "None" in annotation and text.lower() in ("none", "null", ""):
-        return None
-    try:
-        if base == "int":
-            return int(text)
-        if base == "float":
-            return float(text)
-        if base.startswith(("dict", "list")):
-            return json.loads(text)
-    except (ValueError, json.JSONDecodeError):
-        raise _Fail(
-            f"--{key.replace('_', '-')}: expected {base}, got {text!r}", EXIT_USAGE
-        ) from None
-    return text
-
-
 def _config_from_args(args: argparse.Namespace) -> tuple[Any, pathlib.Path]:
-    from .train import ConfigError, TrainConfig
+    from .engine.config import ConfigError, TrainConfig, parse_flag
 
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(_read_toml(args.config))
     toml_run_dir = values.pop("run_dir", None)  # a TOML file may name its run directory
     run_dir = args.run_dir or toml_run_dir
-    for f in dataclasses.fields(TrainConfig):
-        text = getattr(args, f"cfg_{f.name}", None)
-        if text is not None:
-            values[f.name] = _flag_value(f.name, text, str(f.type))
     where = str(args.config) if args.config else "flags"
     try:
+        for f in dataclasses.fields(TrainConfig):
+            text = getattr(args, f"cfg_{f.name}", None)
+            if text is not None:
+                values[f.name] = parse_flag(f.name, text)
         cfg = TrainConfig.from_dict(values, where=where)
     except ConfigError as e:
         raise _Fail(str(e), EXIT_USAGE) from None
@@ -100,7 +82,7 @@ def _config_from_args(args: argparse.Namespace) -> tuple[Any, pathlib.Path]:
 # Commands
 # ---------------------------------------------------------------------------------------------
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .engine.loop import train
 
     cfg, run_dir = _config_from_args(args)
     result = train(cfg, run_dir, resume=not args.fresh, progress=not args.quiet)
@@ -121,7 +103,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _example_inputs(run_dir: pathlib.Path, n: int) -> tuple[Any, Any]:
     """The run's own test images (real data) as example inputs, and its config."""
-    from .train import ConfigError, TrainConfig, load_split
+    from .engine import ConfigError, TrainConfig, load_split
 
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
@@ -137,9 +119,10 @@ def _example_inputs(run_dir: pathlib.Path, n: int) -> tuple[Any, Any]:
 def _cmd_compile(args: argparse.Namespace) -> int:
     import torch
 
-    from .compile import compile as compile_model
-    from .export import compare_latency, export_onnx
-    from .train import load_trained
+    from .compiler import compile as compile_model
+    from .engine import load_trained
+    from .export import export_onnx
+    from .latency import compare_latency
 
     run_dir = args.run_dir
     model, meta = load_trained(run_dir)
@@ -188,9 +171,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .compile import compile as compile_model
-    from .export import compare_latency, export_onnx, ort_session
-    from .train import TrainConfig, train
+    from .compiler import compile as compile_model
+    from .engine import TrainConfig, train
+    from .export import export_onnx, ort_session
+    from .latency import compare_latency
 
     cfg = TrainConfig(
         model="mlp",
@@ -254,7 +238,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # Parser
 # ---------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    from .train import TrainConfig
+    from .engine.config import TrainConfig
 
     ap = argparse.ArgumentParser(
         prog="archdiscover", description="Discover compact architectures by sparse training."
@@ -299,9 +283,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``archdiscover`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    from .compile import CompileError
+    from .compiler.errors import CompileError
+    from .engine.checkpoint import CheckpointError
+    from .engine.config import ConfigError
     from .export import OnnxExportError, OnnxVerificationError
-    from .train import CheckpointError, ConfigError
 
     if getattr(args, "round_to", "auto") != "auto":
         try:

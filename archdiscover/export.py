@@ -1,6 +1,7 @@
-"""ONNX export with verification, and onnxruntime latency measurement.
+"""ONNX export with verification in onnxruntime.
 
-Works on any ``nn.Module``; imports nothing else from archdiscover.
+Works on any ``nn.Module``; from the rest of archdiscover it uses only the verification
+metric the compiler uses too (:mod:`archdiscover.verify`), so both judge alike.
 
 * :func:`export_onnx` -- ``torch.onnx.export`` (legacy TorchScript exporter by default, the
   ``torch.export``-based one with ``dynamo=True``) to a temporary file beside ``path``, then
@@ -8,11 +9,11 @@ Works on any ``nn.Module``; imports nothing else from archdiscover.
   fresh random inputs at another batch size), and only then ``os.replace`` onto ``path``.
 * :func:`verify_onnx` -- the same comparison for a file already written.
 * :func:`ort_session` -- a CPU onnxruntime session with all graph optimizations.
-* :func:`onnx_latency` / :func:`compare_latency` -- median / p10 / p90 / min latency per batch
-  size; ``compare_latency`` alternates between two models so that machine noise hits both.
+
+Latency in onnxruntime is measured by :mod:`archdiscover.latency`.
 
 The error of a comparison is ``max |ort - torch| / max(1, max |torch|)``: absolute for outputs of
-magnitude up to 1, relative to the output's scale beyond.
+magnitude up to 1, relative to the output's scale beyond; a NaN on either side fails.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ import itertools
 import math
 import os
 import pathlib
-import time
 import uuid
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -35,13 +34,13 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from ._inputs import as_inputs
+from .verify import flatten_outputs, fresh_inputs, output_error
+
 __all__ = [
-    "Latency",
     "OnnxExportError",
     "OnnxVerificationError",
-    "compare_latency",
     "export_onnx",
-    "onnx_latency",
     "ort_session",
     "verify_onnx",
 ]
@@ -101,35 +100,6 @@ class OnnxVerificationError(RuntimeError):
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_input_tuple(inputs: _Inputs, what: str = "example_inputs") -> tuple[Tensor, ...]:
-    if isinstance(inputs, Tensor):
-        return (inputs,)
-    if isinstance(inputs, (tuple, list)):
-        if not inputs:
-            raise ValueError(f"{what} is empty; pass a tensor or a tuple of tensors")
-        for i, x in enumerate(inputs):
-            if not isinstance(x, Tensor):
-                raise TypeError(f"{what}[{i}] is a {type(x).__name__}, not a torch.Tensor")
-        return tuple(inputs)
-    raise TypeError(
-        f"{what} must be a torch.Tensor or a tuple of tensors, got {type(inputs).__name__}"
-    )
-
-
-def _flatten_outputs(out: Any, where: str = "output") -> list[Tensor]:
-    if isinstance(out, Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        flat: list[Tensor] = []
-        for i, o in enumerate(out):
-            flat.extend(_flatten_outputs(o, f"{where}[{i}]"))
-        return flat
-    raise TypeError(
-        f"model {where} is a {type(out).__name__}; only a tensor or (nested) tuples/lists of "
-        "tensors can be exported and verified"
-    )
-
-
 def _model_device(model: nn.Module) -> torch.device | None:
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
     return None if first is None else first.device
@@ -171,29 +141,6 @@ def _check_names(names: Sequence[str] | None, n: int, prefix: str, what: str) ->
     return names
 
 
-def _fresh_inputs(
-    inputs: tuple[Tensor, ...], batch: int | None, seed: int = 0
-) -> tuple[Tensor, ...]:
-    """Random inputs like ``inputs`` (dtype, trailing shape); ``batch`` replaces dim 0.
-
-    Floating inputs are standard normal; other dtypes (indices, masks) are rows drawn from the
-    example with replacement, so that they stay valid for the model.
-    """
-    g = torch.Generator().manual_seed(seed)
-    fresh = []
-    for x in inputs:
-        x = x.detach().cpu()
-        shape = tuple(x.shape) if batch is None else (batch, *x.shape[1:])
-        if x.is_floating_point():
-            fresh.append(torch.randn(shape, generator=g, dtype=torch.float64).to(x.dtype))
-        elif batch is None or x.dim() == 0:
-            fresh.append(x.clone())
-        else:
-            idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-            fresh.append(x[idx].contiguous())
-    return tuple(fresh)
-
-
 def _to_numpy(x: Tensor) -> np.ndarray:
     return x.detach().cpu().contiguous().numpy()
 
@@ -212,27 +159,6 @@ def _feed(
             "tensors were given"
         )
     return {n: _to_numpy(x) for n, x in zip(graph_inputs, inputs, strict=True)}
-
-
-def _output_error(ort_out: np.ndarray, ref: Tensor) -> tuple[float, float, str]:
-    """(max abs error, error relative to the output scale, note) for one output."""
-    want = ref.detach().cpu()
-    if want.is_complex() or not isinstance(ort_out, np.ndarray):
-        raise TypeError(f"cannot compare an output of dtype {want.dtype}")
-    want_np = want.to(torch.float64).numpy()
-    got = np.asarray(ort_out).astype(np.float64)
-    if got.shape != want_np.shape:
-        return math.inf, math.inf, f"shape {got.shape} from onnxruntime, {want_np.shape} from torch"
-    if got.size == 0:
-        return 0.0, 0.0, ""
-    same = (got == want_np) | (np.isnan(got) & np.isnan(want_np))  # equal infs, both NaN
-    if not np.all(same | (np.isfinite(got) & np.isfinite(want_np))):
-        return math.inf, math.inf, "NaN/inf where the other side has none"
-    diff = np.where(same, 0.0, np.abs(got - want_np))
-    max_abs = float(diff.max())
-    finite = want_np[np.isfinite(want_np)]
-    scale = float(np.abs(finite).max()) if finite.size else 0.0
-    return max_abs, max_abs / max(1.0, scale), ""
 
 
 def _verify(
@@ -261,7 +187,7 @@ def _verify(
                     atol=atol,
                 ) from e
             dev_inputs = tuple(x.to(device) for x in inputs) if device is not None else inputs
-            refs = _flatten_outputs(model(*dev_inputs))
+            refs = flatten_outputs(model(*dev_inputs))
             if len(ort_outs) != len(refs):
                 raise OnnxVerificationError(
                     f"{display_path}: onnxruntime returned {len(ort_outs)} outputs, torch "
@@ -273,7 +199,7 @@ def _verify(
                     atol=atol,
                 )
             for k, (got, ref) in enumerate(zip(ort_outs, refs, strict=True)):
-                max_abs, rel, note = _output_error(got, ref)
+                max_abs, rel, note = output_error(got, ref)
                 if rel > worst[0]:
                     worst = (rel, max_abs, k, f"{label}{'; ' + note if note else ''}")
     rel, max_abs, k, label = worst
@@ -371,7 +297,7 @@ def export_onnx(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_atol(atol)
-    inputs = _as_input_tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     dest = pathlib.Path(path)
     parent = dest.parent
     if not parent.is_dir():
@@ -393,7 +319,7 @@ def export_onnx(
     try:
         with _EvalMode(model), _EvalMode(export_model):
             with torch.no_grad():
-                n_out = len(_flatten_outputs(export_model(*cpu_inputs)))
+                n_out = len(flatten_outputs(export_model(*cpu_inputs)))
             in_names = _check_names(input_names, len(inputs), "input", "input_names")
             out_names = _check_names(output_names, n_out, "output", "output_names")
             _run_exporter(
@@ -411,7 +337,7 @@ def export_onnx(
                 sets = [("the example inputs", cpu_inputs)]
                 batch = inputs[0].shape[0] + 3 if dynamic_batch else None
                 label = f"random inputs at batch size {batch}" if dynamic_batch else "random inputs"
-                sets.append((label, _fresh_inputs(cpu_inputs, batch)))
+                sets.append((label, fresh_inputs(cpu_inputs, 0, batch)))
                 session = ort_session(tmp)
                 _verify(session, export_model, sets, atol, dest, in_names)
                 del session
@@ -490,7 +416,7 @@ def verify_onnx(path: _PathLike, model: nn.Module, inputs: _Inputs, atol: float 
     """
     _check_atol(atol)
     p = _existing_file(path)
-    xs = _as_input_tuple(inputs, "inputs")
+    xs = as_inputs(inputs, "inputs")
     session = ort_session(p)
     return _verify(session, model, [("the given inputs", xs)], atol, p)
 
@@ -517,241 +443,3 @@ def ort_session(path: _PathLike, threads: int | None = None) -> ort.InferenceSes
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(p), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-# --------------------------------------------------------------------------- latency
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Latency of one batch size, in milliseconds per run."""
-
-    batch_size: int
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    min_ms: float
-    repeats: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
-
-    @classmethod
-    def from_times(cls, batch_size: int, seconds: Sequence[float]) -> Latency:
-        ms = np.asarray(seconds, dtype=np.float64) * 1e3
-        p10, med, p90 = np.percentile(ms, [10, 50, 90])
-        return cls(batch_size, float(med), float(p10), float(p90), float(ms.min()), len(ms))
-
-
-def _check_latency_args(
-    input_shape: Sequence[int],
-    batch_sizes: Sequence[int],
-    warmup: int,
-    repeats: int,
-    min_seconds: float,
-) -> tuple[tuple[int, ...], list[int]]:
-    def is_int(v: object) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    shape = tuple(input_shape)
-    for d in shape:
-        if not is_int(d) or d < 1:
-            raise ValueError(
-                f"input_shape {shape} must hold positive ints (no batch dim); got {d!r}"
-            )
-    sizes = list(batch_sizes)
-    if not sizes:
-        raise ValueError("batch_sizes is empty")
-    for b in sizes:
-        if not is_int(b) or b < 1:
-            raise ValueError(f"batch sizes must be positive ints, got {b!r} in {sizes}")
-    if not is_int(repeats) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-    if not is_int(warmup) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    if not (isinstance(min_seconds, (int, float)) and min_seconds >= 0):
-        raise ValueError(f"min_seconds must be >= 0, got {min_seconds!r}")
-    return shape, [int(b) for b in sizes]
-
-
-def _input_spec(session: ort.InferenceSession, path: pathlib.Path) -> tuple[str, list[Any]]:
-    graph_inputs = session.get_inputs()
-    if len(graph_inputs) != 1:
-        names = [i.name for i in graph_inputs]
-        raise ValueError(
-            f"{path} has {len(graph_inputs)} inputs {names}; latency is measured for one input"
-        )
-    return graph_inputs[0].name, list(graph_inputs[0].shape)
-
-
-def _check_shape(
-    path: pathlib.Path, name: str, dims: list[Any], input_shape: tuple[int, ...], batch: int
-) -> None:
-    if len(dims) != len(input_shape) + 1:
-        raise ValueError(
-            f"input {name!r} of {path} has rank {len(dims)} ({dims}), but input_shape "
-            f"{input_shape} plus a batch dim has rank {len(input_shape) + 1}"
-        )
-    if isinstance(dims[0], int) and dims[0] != batch:
-        raise ValueError(
-            f"input {name!r} of {path} has a fixed batch dim of {dims[0]}, so batch size {batch} "
-            "cannot be run; export with dynamic_batch=True"
-        )
-    for i, (d, want) in enumerate(zip(dims[1:], input_shape, strict=True)):
-        if isinstance(d, int) and d != want:
-            raise ValueError(
-                f"input {name!r} of {path} has shape {dims}: dim {i + 1} is {d}, but input_shape "
-                f"gives {want}"
-            )
-
-
-def _timed_runs(
-    session: ort.InferenceSession, feed: dict[str, np.ndarray], n: int, times: list[float]
-) -> None:
-    run = session.run
-    for _ in range(n):
-        t0 = time.perf_counter()
-        run(None, feed)
-        times.append(time.perf_counter() - t0)
-
-
-def onnx_latency(
-    path: _PathLike,
-    input_shape: Sequence[int],
-    batch_sizes: Sequence[int] = (1, 64),
-    *,
-    warmup: int = 10,
-    repeats: int = 50,
-    min_seconds: float = 0.0,
-    threads: int | None = None,
-    dtype: Any = np.float32,
-) -> dict[int, Latency]:
-    """onnxruntime latency of a one-input ONNX model for each batch size.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The ONNX file (one graph input).
-    input_shape : sequence of int
-        Shape of one sample, without the batch dim, e.g. ``(3, 32, 32)``.
-    batch_sizes : sequence of int, default (1, 64)
-    warmup : int, default 10
-        Untimed runs before timing, per batch size.
-    repeats : int, default 50
-        Timed runs per batch size (at least; see ``min_seconds``).
-    min_seconds : float, default 0
-        Keep timing until this much time has also passed; ``repeats`` in the result counts
-        every timed run.
-    threads : int, optional
-        onnxruntime ``intra_op_num_threads``.
-    dtype : numpy dtype, default float32
-        Dtype of the random input.
-
-    Returns
-    -------
-    dict of int to Latency
-        One entry per batch size (``time.perf_counter`` around ``session.run``).
-
-    Raises
-    ------
-    FileNotFoundError
-        ``path`` does not exist.
-    ValueError
-        Bad arguments, a model with several inputs, or a fixed batch dim that differs from a
-        requested batch size.
-    """
-    p = _existing_file(path)
-    shape, sizes = _check_latency_args(input_shape, batch_sizes, warmup, repeats, min_seconds)
-    session = ort_session(p, threads)
-    name, dims = _input_spec(session, p)
-    for b in sizes:
-        _check_shape(p, name, dims, shape, b)
-    rng = np.random.default_rng(0)
-    result: dict[int, Latency] = {}
-    for b in sizes:
-        feed = {name: rng.standard_normal((b, *shape)).astype(dtype)}
-        _timed_runs(session, feed, warmup, [])
-        times: list[float] = []
-        start = time.perf_counter()
-        _timed_runs(session, feed, repeats, times)
-        while time.perf_counter() - start < min_seconds:
-            _timed_runs(session, feed, 1, times)
-        result[b] = Latency.from_times(b, times)
-    return result
-
-
-def compare_latency(
-    dense_path: _PathLike,
-    compact_path: _PathLike,
-    input_shape: Sequence[int],
-    batch_sizes: Sequence[int] = (1, 64),
-    *,
-    warmup: int = 10,
-    repeats: int = 50,
-    rounds: int = 5,
-    min_seconds: float = 0.0,
-    threads: int | None = None,
-    dtype: Any = np.float32,
-) -> dict[int, dict[str, Any]]:
-    """Latency of two one-input ONNX models on the same inputs, measured interleaved.
-
-    For each batch size both models get ``warmup`` untimed runs, then ``rounds`` rounds; each
-    round times a block of about ``repeats / rounds`` runs of one model, then of the other (the
-    order alternates between rounds), so that slow phases of a busy machine hit both alike.
-    Further rounds run until ``min_seconds`` have passed for that batch size.
-
-    Parameters
-    ----------
-    dense_path, compact_path : str or os.PathLike
-        The two ONNX files; the speed-up is dense over compact.
-    input_shape : sequence of int
-        Shape of one sample, without the batch dim.
-    batch_sizes : sequence of int, default (1, 64)
-    warmup, repeats, min_seconds, threads, dtype
-        As in :func:`onnx_latency`; ``repeats`` is the total per model and batch size.
-    rounds : int, default 5
-        Number of alternations (at most ``repeats``).
-
-    Returns
-    -------
-    dict
-        ``{batch_size: {"dense": Latency.to_dict(), "compact": Latency.to_dict(),
-        "speedup": dense median / compact median}}``.
-    """
-    dense_p, compact_p = _existing_file(dense_path), _existing_file(compact_path)
-    shape, sizes = _check_latency_args(input_shape, batch_sizes, warmup, repeats, min_seconds)
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
-    rounds = min(rounds, repeats)
-    blocks = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
-    sessions = {"dense": ort_session(dense_p, threads), "compact": ort_session(compact_p, threads)}
-    names = {}
-    for key, p in (("dense", dense_p), ("compact", compact_p)):
-        name, dims = _input_spec(sessions[key], p)
-        for b in sizes:
-            _check_shape(p, name, dims, shape, b)
-        names[key] = name
-    rng = np.random.default_rng(0)
-    result: dict[int, dict[str, Any]] = {}
-    for b in sizes:
-        x = rng.standard_normal((b, *shape)).astype(dtype)
-        feeds = {k: {names[k]: x} for k in sessions}
-        for k in sessions:
-            _timed_runs(sessions[k], feeds[k], warmup, [])
-        times: dict[str, list[float]] = {"dense": [], "compact": []}
-        start = time.perf_counter()
-        r = 0
-        while r < rounds or time.perf_counter() - start < min_seconds:
-            order = ("dense", "compact") if r % 2 == 0 else ("compact", "dense")
-            n = blocks[r] if r < rounds else blocks[0]
-            for k in order:
-                _timed_runs(sessions[k], feeds[k], n, times[k])
-            r += 1
-        dense = Latency.from_times(b, times["dense"])
-        compact = Latency.from_times(b, times["compact"])
-        result[b] = {
-            "dense": dense.to_dict(),
-            "compact": compact.to_dict(),
-            "speedup": dense.median_ms / compact.median_ms,
-        }
-    return result

@@ -15,34 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .graph import ops
 from .regularizers import L1, Regularizer
 
 __all__ = ["BIAS_INITS", "sparse_init_"]
 
 BIAS_INITS = ("zero", "keep", "positive")
-
-_WEIGHTED = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
-
-
-def _fan_in(module: nn.Module) -> int:
-    """Inputs summed into one output value (for a transposed conv, per output pixel)."""
-    w = module.weight
-    if isinstance(module, nn.Linear):
-        return w.shape[1]
-    receptive = math.prod(w.shape[2:])
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        # weight (in, out/groups, k...): each output pixel sees about in*k^d/stride^d inputs
-        stride = math.prod(module.stride)
-        return max(1, round(w.shape[0] * receptive / stride / module.groups))
-    return w.shape[1] * receptive
 
 
 def sparse_init_(
@@ -110,7 +88,7 @@ def sparse_init_(
     gain = nn.init.calculate_gain(nonlinearity)
     with torch.no_grad():
         for name, module in model.named_modules():
-            if not isinstance(module, _WEIGHTED):
+            if not isinstance(module, ops.WEIGHTED):
                 continue
             if reg is None:
                 r: Regularizer | None = L1(0.0)
@@ -133,14 +111,14 @@ def sparse_init_(
             else:
                 mask = r.group_mask(w.shape, density, generator)
             kept = mask.float().mean().item()
-            std = gain / math.sqrt(_fan_in(module) * kept)
+            std = gain / math.sqrt(ops.fan_in(module) * kept)
             values = torch.randn(w.shape, generator=generator, dtype=w.dtype) * std
             w.copy_((values * mask).to(w.device))
             if module.bias is not None and bias == "zero":
                 module.bias.zero_()
             elif module.bias is not None and bias == "positive":
                 b = torch.rand(module.bias.shape, generator=generator, dtype=module.bias.dtype)
-                module.bias.copy_((b / math.sqrt(_fan_in(module))).to(module.bias.device))
+                module.bias.copy_((b / math.sqrt(ops.fan_in(module))).to(module.bias.device))
         # the other tensors of coupled groups (BatchNorm scale and shift, biases): dropped
         # channels are zeroed so that the whole group starts exactly at zero
         for p, mask in joint_masks.items():

@@ -7,12 +7,13 @@ values span ``data_range`` (1.0 for pixels in ``[0, 1]``).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["psnr", "ssim"]
+__all__ = ["psnr", "psnr_from_mse", "ssim"]
 
 
 def _check(x: Tensor, y: Tensor, data_range: float, what: str) -> None:
@@ -26,6 +27,14 @@ def _check(x: Tensor, y: Tensor, data_range: float, what: str) -> None:
         raise ValueError(f"{what}: data_range must be a finite number > 0, got {data_range!r}")
 
 
+def psnr_from_mse(mse: float | Tensor, data_range: float = 1.0) -> Any:
+    """``10 log10(data_range^2 / mse)`` dB (``inf`` for ``mse = 0``): the PSNR formula, for a
+    float or a tensor of mean squared errors."""
+    if isinstance(mse, Tensor):
+        return 10.0 * torch.log10(data_range**2 / mse)
+    return 10.0 * math.log10(data_range * data_range / mse) if mse > 0 else math.inf
+
+
 @torch.no_grad()
 def psnr(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     r"""Peak signal-to-noise ratio per image, in dB:
@@ -35,7 +44,7 @@ def psnr(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     """
     _check(x, y, data_range, "psnr")
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
-    return (10.0 * torch.log10(data_range**2 / mse)).to(x.dtype)
+    return psnr_from_mse(mse, data_range).to(x.dtype)
 
 
 def _gaussian(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:

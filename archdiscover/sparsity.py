@@ -13,10 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LayerSparsity", "SparsityReport", "report"]
+from .graph import ops
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+__all__ = ["LayerSparsity", "SparsityReport", "report"]
 
 
 @dataclass(frozen=True)
@@ -106,14 +105,6 @@ class SparsityReport:
         return "\n".join(lines)
 
 
-def _unit_axis(module: nn.Module) -> int | None:
-    if isinstance(module, (nn.Linear, *_CONV)):
-        return 0
-    if isinstance(module, _CONVT):
-        return 1
-    return None
-
-
 @torch.no_grad()
 def report(model: nn.Module) -> SparsityReport:
     """Count non-zeros per module of ``model`` (modules owning parameters, in order).
@@ -130,7 +121,7 @@ def report(model: nn.Module) -> SparsityReport:
             continue
         params = sum(p.numel() for _, p in own)
         nonzero = sum(int(torch.count_nonzero(p)) for _, p in own)
-        axis = _unit_axis(module)
+        axis = ops.unit_axis(module)
         w = getattr(module, "weight", None) if axis is not None else None
         if isinstance(w, torch.Tensor):
             dims = tuple(d for d in range(w.dim()) if d != axis)

@@ -27,8 +27,9 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import archdiscover as ad
-import models
-from archdiscover.export import compare_latency, export_onnx
+from archdiscover import models
+from archdiscover.export import export_onnx
+from archdiscover.latency import compare_latency
 
 
 def sparse_resnet(quick: bool, fraction: float, seed: int) -> tuple[torch.nn.Module, torch.Tensor]:

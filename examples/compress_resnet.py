@@ -18,8 +18,9 @@ import json
 import pathlib
 
 import archdiscover as ad
-from archdiscover.export import compare_latency, export_onnx
-from archdiscover.train import TrainConfig, load_split, train
+from archdiscover.engine import TrainConfig, load_split, train
+from archdiscover.export import export_onnx
+from archdiscover.latency import compare_latency
 
 
 def main(argv: list[str] | None = None) -> dict:

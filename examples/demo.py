@@ -29,10 +29,11 @@ from tqdm import tqdm
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import archdiscover as ad
-import models
+from archdiscover import models
+from archdiscover.coupling import coupled_param_groups
 from archdiscover.data import mnist5k
-from archdiscover.export import compare_latency, export_onnx, ort_session
-from archdiscover.graph import coupled_param_groups
+from archdiscover.export import export_onnx, ort_session
+from archdiscover.latency import compare_latency
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -19,7 +19,7 @@ import json
 import pathlib
 
 import archdiscover as ad
-from archdiscover.train import TrainConfig, load_split, train
+from archdiscover.engine import TrainConfig, load_split, train
 
 
 def config(quick: bool, conv: bool, layers: int, epochs: int | None) -> TrainConfig:

@@ -27,8 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import models
-from archdiscover import L1, AdaBreg, LinBreg, sparse_init_, sparsity_report
+from archdiscover import L1, AdaBreg, LinBreg, models, sparse_init_, sparsity_report
 from archdiscover.data import Split, mnist5k
 
 EPOCHS, BATCH = 40, 32

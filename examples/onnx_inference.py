@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 import archdiscover as ad
-from archdiscover.export import onnx_latency, ort_session
-from archdiscover.train import TrainConfig, load_split, load_trained
+from archdiscover.engine import TrainConfig, load_split, load_trained
+from archdiscover.export import ort_session
+from archdiscover.latency import onnx_latency
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from archdiscover.train import train
+from archdiscover.engine import train
 
 
 def main() -> None:

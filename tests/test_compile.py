@@ -8,11 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from archdiscover.models import MLP, BasicBlock, Bottleneck, ConvAutoencoder, ConvNet, ResNet
 from torch import nn
 
 import archdiscover as ad
-from archdiscover.compile import CompileError
-from models import MLP, BasicBlock, Bottleneck, ConvAutoencoder, ConvNet, ResNet
+from archdiscover.compiler import CompileError
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+from archdiscover.models import BasicBlock, ResNet
 from torch import nn
 
 import archdiscover as ad
+from archdiscover.coupling import coupled_param_groups
 from archdiscover.data import digits
-from archdiscover.graph import coupled_param_groups
 from archdiscover.regularizers import CoupledGroupL12, regularizer_from_dict
-from models import BasicBlock, ResNet
 
 
 class Small(nn.Module):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from archdiscover.train import train
+from archdiscover.engine import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = dict(
@@ -27,7 +27,7 @@ CFG = dict(
     target_density=0.3,
     epochs=2,
     batch_size=64,
-    fused="off",
+    impl="foreach",
 )
 
 

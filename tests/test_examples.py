@@ -45,8 +45,9 @@ def test_benchmark_quick_mode_prints_json(script):
     data = json.loads(out.stdout)
     assert set(data["results"]) == {"isolated", "in_loop"}
     rows = data["results"]["in_loop"]
-    assert "adabreg_l1_fused_vs_adam" in rows
-    assert "linbreg_momentum_group_l12_plain_vs_sgd_momentum" in rows
+    assert "adabreg_l1_compiled_vs_adam" in rows
+    assert "linbreg_momentum_group_l12_foreach_vs_sgd_momentum" in rows
+    assert "linbreg_momentum_group_l12_ckernel_vs_sgd_momentum" in rows
     assert "linbreg_momentum_group_l12_default_vs_sgd_momentum" in rows
     for row in rows.values():
         assert row["ms"] > 0 and row["baseline_ms"] > 0 and 0.01 < row["ratio"] < 100

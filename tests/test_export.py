@@ -7,15 +7,13 @@ import torch
 from torch import nn
 
 from archdiscover.export import (
-    Latency,
     OnnxExportError,
     OnnxVerificationError,
-    compare_latency,
     export_onnx,
-    onnx_latency,
     ort_session,
     verify_onnx,
 )
+from archdiscover.latency import Latency, compare_latency, onnx_latency
 
 
 def mlp(width=32):

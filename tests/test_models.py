@@ -1,10 +1,7 @@
 import pytest
 import torch
 import torch.fx
-from torch import nn
-
-import models
-from models import (
+from archdiscover.models import (
     BasicBlock,
     Bottleneck,
     ConvAutoencoder,
@@ -12,6 +9,9 @@ from models import (
     DenseAutoencoder,
     ResNet,
 )
+from torch import nn
+
+from archdiscover import models
 
 NAMES = [
     "conv_autoencoder",

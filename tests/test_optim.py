@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-import archdiscover.optim as optim_mod
+import archdiscover.optim._functional as optim_mod
 from archdiscover import L1, AdaBreg, GroupL12, LinBreg, Null, ProxSGD
-from archdiscover import _rowkernel as rowkernel
+from archdiscover.optim import _rowkernel as rowkernel
 
 F64 = torch.float64
 
@@ -51,12 +51,12 @@ def _recovery_problem():
     return A, x_star, support, A @ x_star
 
 
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("fused", ["foreach", pytest.param("compiled", marks=pytest.mark.needs_cc)])
 def test_linbreg_l1_recovers_sparse_vector_along_an_inverse_scale_space(fused):
     A, x_star, support, b = _recovery_problem()
     x = torch.zeros(300, dtype=F64, requires_grad=True)
     lipschitz = torch.linalg.matrix_norm(A, 2).item() ** 2
-    opt = LinBreg([x], lr=1.0 / lipschitz, reg=L1(5.0), fused=fused)
+    opt = LinBreg([x], lr=1.0 / lipschitz, reg=L1(5.0), impl=fused)
     nnz = [0]
     for _ in range(3000):
         opt.zero_grad()
@@ -81,7 +81,7 @@ def test_linbreg_l1_recovers_sparse_vector_along_an_inverse_scale_space(fused):
         [x2 := torch.zeros(300, dtype=F64, requires_grad=True)],
         lr=1.0 / lipschitz,
         reg=L1(5.0),
-        fused=False,
+        impl="foreach",
     )
     while not (x2 != 0).any():
         opt2.zero_grad()
@@ -103,7 +103,7 @@ SGD_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_linbreg_without_reg_is_sgd_step_for_step(kw, dtype):
     m1, m2 = _net(dtype=dtype), _net(dtype=dtype)
-    o1, o2 = LinBreg(m1.parameters(), fused=False, **kw), torch.optim.SGD(m2.parameters(), **kw)
+    o1, o2 = LinBreg(m1.parameters(), impl="foreach", **kw), torch.optim.SGD(m2.parameters(), **kw)
     x, y = _data(dtype)
     for _ in range(10):
         _train(m1, o1, 1, x, y)
@@ -115,7 +115,7 @@ def test_linbreg_without_reg_is_sgd_step_for_step(kw, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_adabreg_without_reg_is_adam_step_for_step(dtype):
     m1, m2 = _net(dtype=dtype), _net(dtype=dtype)
-    o1 = AdaBreg(m1.parameters(), lr=1e-2, betas=(0.8, 0.99), fused=False)
+    o1 = AdaBreg(m1.parameters(), lr=1e-2, betas=(0.8, 0.99), impl="foreach")
     o2 = torch.optim.Adam(m2.parameters(), lr=1e-2, betas=(0.8, 0.99))
     x, y = _data(dtype)
     for _ in range(10):
@@ -125,10 +125,11 @@ def test_adabreg_without_reg_is_adam_step_for_step(dtype):
             assert torch.equal(a, b)
 
 
+@pytest.mark.needs_cc
 def test_fused_without_reg_matches_torch_and_lr_schedulers_work():
     x, y = _data()
     m1, m2 = _net(), _net()
-    o1 = LinBreg(m1.parameters(), lr=0.1, momentum=0.9, fused=True)
+    o1 = LinBreg(m1.parameters(), lr=0.1, momentum=0.9, impl="compiled")
     o2 = torch.optim.SGD(m2.parameters(), lr=0.1, momentum=0.9)
     s1 = torch.optim.lr_scheduler.StepLR(o1, step_size=3, gamma=0.5)
     s2 = torch.optim.lr_scheduler.StepLR(o2, step_size=3, gamma=0.5)
@@ -138,7 +139,7 @@ def test_fused_without_reg_matches_torch_and_lr_schedulers_work():
     for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     m1, m2 = _net(), _net()
-    o1 = AdaBreg(m1.parameters(), lr=1e-2, fused=True)
+    o1 = AdaBreg(m1.parameters(), lr=1e-2, impl="compiled")
     o2 = torch.optim.Adam(m2.parameters(), lr=1e-2)
     s1 = torch.optim.lr_scheduler.CosineAnnealingLR(o1, T_max=10)
     s2 = torch.optim.lr_scheduler.CosineAnnealingLR(o2, T_max=10)
@@ -148,12 +149,13 @@ def test_fused_without_reg_matches_torch_and_lr_schedulers_work():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.needs_cc
 @pytest.mark.parametrize("reg", [L1(0.2), GroupL12(0.2), GroupL12.kernels(0.2)])
 @pytest.mark.parametrize(
     "make",
     [
-        lambda p, f: LinBreg(p, lr=0.1, momentum=0.9, delta=2.0, fused=f),
-        lambda p, f: AdaBreg(p, lr=1e-2, delta=0.5, fused=f),
+        lambda p, f: LinBreg(p, lr=0.1, momentum=0.9, delta=2.0, impl=f),
+        lambda p, f: AdaBreg(p, lr=1e-2, delta=0.5, impl=f),
     ],
 )
 def test_fused_and_plain_paths_agree_with_regularization(reg, make):
@@ -163,8 +165,8 @@ def test_fused_and_plain_paths_agree_with_regularization(reg, make):
         conv1.weight.mul_(torch.rand(8, 3, 1, 1) < 0.5)
     conv2.load_state_dict(conv1.state_dict())
     x = torch.randn(4, 3, 6, 6, dtype=F64)
-    o1 = make([{"params": [conv1.weight], "reg": reg}, {"params": [conv1.bias]}], False)
-    o2 = make([{"params": [conv2.weight], "reg": reg}, {"params": [conv2.bias]}], True)
+    o1 = make([{"params": [conv1.weight], "reg": reg}, {"params": [conv1.bias]}], "foreach")
+    o2 = make([{"params": [conv2.weight], "reg": reg}, {"params": [conv2.bias]}], "compiled")
     for _ in range(8):
         for c, o in ((conv1, o1), (conv2, o2)):
             o.zero_grad()
@@ -184,7 +186,7 @@ def test_sparse_init_stays_exactly_sparse_without_gradient_signal(opt_cls, reg):
     with torch.no_grad():
         lin.weight.mul_((torch.rand(30, 1) < 0.2).double())  # some whole rows zero
     before = lin.weight.detach().clone()
-    opt = opt_cls([{"params": [lin.weight], "reg": reg}], lr=0.1, fused=False)
+    opt = opt_cls([{"params": [lin.weight], "reg": reg}], lr=0.1, impl="foreach")
     for _ in range(3):
         lin.weight.grad = torch.zeros_like(lin.weight)
         opt.step()
@@ -201,9 +203,12 @@ def test_sparse_init_stays_exactly_sparse_without_gradient_signal(opt_cls, reg):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda m: LinBreg(_groups(m, L1(0.01)), lr=0.05, momentum=0.9, fused=False),
-        lambda m: LinBreg(_groups(m, GroupL12(0.01)), lr=0.05, momentum=0.9, fused=True),
-        lambda m: AdaBreg(_groups(m, GroupL12(0.01, axis=1)), lr=1e-2, fused=False),
+        lambda m: LinBreg(_groups(m, L1(0.01)), lr=0.05, momentum=0.9, impl="foreach"),
+        pytest.param(
+            lambda m: LinBreg(_groups(m, GroupL12(0.01)), lr=0.05, momentum=0.9, impl="compiled"),
+            marks=pytest.mark.needs_cc,
+        ),
+        lambda m: AdaBreg(_groups(m, GroupL12(0.01, axis=1)), lr=1e-2, impl="foreach"),
         lambda m: ProxSGD(_groups(m, L1(1e-3)), lr=0.05),
     ],
 )
@@ -252,7 +257,7 @@ def test_set_reg_keeps_theta_a_fixed_point(opt_cls, old, new):
     model = _net()
     with torch.no_grad():
         model[0].weight.mul_(torch.rand_like(model[0].weight) < 0.3)
-    opt = opt_cls(_groups(model, old), lr=0.05, fused=False)
+    opt = opt_cls(_groups(model, old), lr=0.05, impl="foreach")
     _train(model, opt, 5, x, y)
     before = [p.detach().clone() for p in model.parameters()]
     opt.set_reg(0, new)
@@ -276,12 +281,12 @@ def test_compile_failure_falls_back_to_plain_path_with_one_warning(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(optim_mod, "_own_compiled", broken)
-    monkeypatch.setattr(optim_mod, "_compiler_available", lambda device: True)
+    monkeypatch.setattr(optim_mod, "compiled_copy", broken)
+    monkeypatch.setattr(optim_mod, "compiler_available", lambda device: True)
     x, y = _data()
     m1, m2 = _net(), _net()
-    o1 = AdaBreg(_groups(m1, L1(0.01)), lr=0.01)  # fused=None: auto
-    o2 = AdaBreg(_groups(m2, L1(0.01)), lr=0.01, fused=False)
+    o1 = AdaBreg(_groups(m1, L1(0.01)), lr=0.01)  # impl='auto'
+    o2 = AdaBreg(_groups(m2, L1(0.01)), lr=0.01, impl="foreach")
     with pytest.warns(RuntimeWarning, match="no compiler here"):
         _train(m1, o1, 3, x, y)
     with warnings.catch_warnings():
@@ -291,11 +296,12 @@ def test_compile_failure_falls_back_to_plain_path_with_one_warning(monkeypatch):
     for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
         assert torch.equal(a, b)
     m3 = _net()
-    o3 = LinBreg(_groups(m3, L1(0.01)), lr=0.05, momentum=0.9, fused=True)
+    o3 = LinBreg(_groups(m3, L1(0.01)), lr=0.05, momentum=0.9, impl="compiled")
     with pytest.raises(RuntimeError, match="no compiler here"):
         _train(m3, o3, 3, x, y)
 
 
+@pytest.mark.needs_cc
 def test_default_policy_on_cpu(monkeypatch):
     calls = []
 
@@ -306,8 +312,8 @@ def test_default_policy_on_cpu(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(optim_mod, "_own_compiled", spy)
-    monkeypatch.setattr(optim_mod, "_compiler_available", lambda device: True)
+    monkeypatch.setattr(optim_mod, "compiled_copy", spy)
+    monkeypatch.setattr(optim_mod, "compiler_available", lambda device: True)
     x, y = _data()
     model = _net()
     # LinBreg: every tensor takes the one-pass C kernel, nothing is compiled
@@ -333,10 +339,12 @@ def test_default_policy_on_cpu(monkeypatch):
     assert set(calls) == {("_adabreg_kernel", 4)}
 
 
+@pytest.mark.needs_cc
 def test_the_c_kernel_is_built_here():
     assert rowkernel.load() is not None
 
 
+@pytest.mark.needs_cc
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reg", [L1(0.05), GroupL12(2.0), GroupL12(0.05), Null()], ids=str)
 @pytest.mark.parametrize(
@@ -352,8 +360,8 @@ def test_c_kernel_equals_plain_path(dtype, reg, kw):
     nets[1].load_state_dict(nets[0].state_dict())
     opts = [
         LinBreg([{"params": [m[0].weight, m[2].weight], "reg": reg},
-                 {"params": [m[0].bias, m[2].bias], "reg": L1(0.01)}], lr=0.1, fused=f, **kw)
-        for m, f in zip(nets, (None, False), strict=True)
+                 {"params": [m[0].bias, m[2].bias], "reg": L1(0.01)}], lr=0.1, impl=f, **kw)
+        for m, f in zip(nets, ("auto", "foreach"), strict=True)
     ]  # fmt: skip
     gen = torch.Generator().manual_seed(1)
     for _ in range(8):
@@ -373,12 +381,12 @@ def test_c_kernel_equals_plain_path(dtype, reg, kw):
 
 
 def test_no_compiler_means_plain_path(monkeypatch):
-    monkeypatch.setattr(optim_mod, "_compiler_available", lambda device: False)
+    monkeypatch.setattr(optim_mod, "compiler_available", lambda device: False)
 
     def never(fn):
         raise AssertionError("must not compile")
 
-    monkeypatch.setattr(optim_mod, "_own_compiled", never)
+    monkeypatch.setattr(optim_mod, "compiled_copy", never)
     x, y = _data()
     model = _net()
     _train(model, AdaBreg(_groups(model, L1(0.01)), lr=1e-2), 3, x, y)
@@ -400,7 +408,7 @@ def test_params_without_grad_are_left_alone_and_closure_returns_loss():
     model = _net()
     x, _ = _data()
     before = model[2].weight.detach().clone()
-    opt = LinBreg(model.parameters(), lr=0.1, reg=L1(1e-3), fused=False)
+    opt = LinBreg(model.parameters(), lr=0.1, reg=L1(1e-3), impl="foreach")
 
     def closure():
         opt.zero_grad()
@@ -435,7 +443,7 @@ def test_params_without_grad_are_left_alone_and_closure_returns_loss():
             r"LinBreg param group 0: unknown regularizer",
         ),
         (lambda p: ProxSGD(p, lr=-1.0), r"ProxSGD param group 0: invalid learning rate"),
-        (lambda p: LinBreg(p, lr=0.1, fused="yes"), r"fused must be None, True or False"),
+        (lambda p: LinBreg(p, lr=0.1, impl="yes"), r"impl must be one of 'auto', 'single'"),
     ],
 )
 def test_invalid_hyperparameters_raise_precise_errors(make, match):
@@ -449,7 +457,7 @@ def test_raising_lam_keeps_the_subgradient_of_zero_coordinates(opt_cls):
     # keeps the zero coordinates' v, so they are at once farther from the new threshold
     x, y = _data()
     model = _net()
-    opt = opt_cls(_groups(model, L1(0.05)), lr=0.05, fused=False)
+    opt = opt_cls(_groups(model, L1(0.05)), lr=0.05, impl="foreach")
     _train(model, opt, 5, x, y)
     w = model[0].weight
     zero = w.detach() == 0

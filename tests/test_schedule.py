@@ -14,7 +14,7 @@ def _opt(model, lam=0.1):
             {"params": [m.bias for m in lin], "reg": Null()},
         ],
         lr=0.1,
-        fused=False,
+        impl="foreach",
     )
 
 
@@ -68,7 +68,7 @@ def _digits_run(use_scheduler, target=0.2):
             {"params": [model[1].bias, model[3].bias]},
         ],
         lr=0.1,
-        fused=False,
+        impl="foreach",
     )
     sparse_init_(model, 0.01, reg=opt, generator=torch.Generator().manual_seed(0))
     sched = LamScheduler(opt, target=target, factor=1.5, tolerance=0.1)
@@ -113,7 +113,7 @@ def test_state_dict_round_trip_and_errors():
 def test_group_reg_strength_change_keeps_weights():
     torch.manual_seed(0)
     lin = nn.Linear(20, 20)
-    opt = LinBreg([{"params": [lin.weight], "reg": GroupL12(0.01)}], lr=0.1, fused=False)
+    opt = LinBreg([{"params": [lin.weight], "reg": GroupL12(0.01)}], lr=0.1, impl="foreach")
     x = torch.randn(16, 20)
     for _ in range(3):
         opt.zero_grad()

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import archdiscover as ad
+import archdiscover.engine
 from archdiscover.cli import main
+from archdiscover.engine import CheckpointError, ConfigError, TrainConfig, load_trained, train
 from archdiscover.export import ort_session
-from archdiscover.train import CheckpointError, ConfigError, TrainConfig, load_trained, train
 
 BASE = dict(
     model="mlp",
@@ -25,7 +26,7 @@ BASE = dict(
     init_density=0.2,
     epochs=4,
     batch_size=64,
-    fused="off",
+    impl="foreach",
 )
 
 
@@ -61,7 +62,7 @@ def test_end_to_end_train_compile_export_matches_predictions_and_widths(tmp_path
     model, meta = load_trained(tmp_path / "run")
     assert meta["input_shape"] == [1, 8, 8] and meta["task"] == "classification"
     assert states_equal(model.state_dict(), res.model.state_dict())
-    split = ad.train.load_split(TrainConfig.from_dict(BASE))
+    split = ad.engine.load_split(TrainConfig.from_dict(BASE))
     xt = split.test.tensors[0]
     c = ad.compile(model, xt[:32])
     widths = {n: w for n, (_, w) in c.report.layers.items()}
@@ -133,7 +134,7 @@ def test_denoising_run_logs_psnr(tmp_path):
         lam=1e-3,
         init_density=0.5,
         epochs=2,
-        fused="off",
+        impl="foreach",
     )
     res = train(cfg, tmp_path / "run", progress=False)
     assert 5 < res.last["val_psnr"] < 60 and "val_accuracy" not in res.last

@@ -16,8 +16,9 @@ from torch import nn
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import archdiscover as ad
-from archdiscover.export import compare_latency, export_onnx
-from archdiscover.train import RunResult, TrainConfig, load_split, train
+from archdiscover.engine import RunResult, TrainConfig, load_split, train
+from archdiscover.export import export_onnx
+from archdiscover.latency import compare_latency
 
 
 def sd(xs: Sequence[float]) -> float:

@@ -40,8 +40,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import add_data_args, data_keys, train_run
 
 import archdiscover as ad
+from archdiscover.engine import TrainConfig, load_split
 from archdiscover.metrics import psnr, ssim
-from archdiscover.train import TrainConfig, load_split
 
 NOISE_PIXEL_STD = 0.05  # of the pixel range [0, 1], as in the paper
 

@@ -39,7 +39,7 @@ from _common import (
     weight_density,
 )
 
-BASE = dict(model="convnet", dataset="mnist5k", batch_size=64, fused="auto")
+BASE = dict(model="convnet", dataset="mnist5k", batch_size=64, impl="auto")
 L1_RUNS: dict[str, dict] = {
     "Adam (dense)": dict(optimizer="adam", lr=1e-3, regularizer="none"),
     "Lasso, ProxSGD": dict(optimizer="proxsgd", lr=0.05, lam=1e-3, init_density=1.0),
@@ -125,7 +125,7 @@ def run(epochs: int, seed: int, quick: bool, out: pathlib.Path, data: dict | Non
 
 
 def _example(base: dict, seed: int):
-    from archdiscover.train import TrainConfig, load_split
+    from archdiscover.engine import TrainConfig, load_split
 
     split = load_split(TrainConfig.from_dict({**base, "seed": seed}))
     return split.test.tensors[0][:8]

@@ -31,7 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import add_data_args, data_keys
 
 import archdiscover as ad
-from archdiscover.train import TrainConfig, load_split, train
+from archdiscover.engine import TrainConfig, load_split, train
 
 CONFIG = dict(
     model="convnet",

@@ -27,7 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import add_data_args, data_keys, plot_density_per_epoch, sd, train_run
 
 MLP = {"in_features": 784, "widths": [200, 80], "out_features": 10}
-BASE = dict(model="mlp", model_args=MLP, dataset="mnist5k", batch_size=64, fused="auto")
+BASE = dict(model="mlp", model_args=MLP, dataset="mnist5k", batch_size=64, impl="auto")
 RUNS: dict[str, dict] = {
     "LinBreg lam=1e-3": dict(optimizer="linbreg", lr=0.1, momentum=0.0, lam=1e-3),
     "LinBreg lam=1e-2": dict(optimizer="linbreg", lr=0.1, momentum=0.0, lam=1e-2),

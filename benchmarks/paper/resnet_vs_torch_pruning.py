@@ -50,8 +50,9 @@ from _common import (
     train_run,
 )
 
-from archdiscover.export import compare_latency, export_onnx
-from archdiscover.train import TrainConfig, build_model, load_split
+from archdiscover.engine import TrainConfig, build_model, load_split
+from archdiscover.export import export_onnx
+from archdiscover.latency import compare_latency
 
 
 def bregman_config(

@@ -151,22 +151,48 @@ def _build(target: pathlib.Path) -> None:
         os.replace(out, target)  # atomic: concurrent builders never see a partial file
 
 
-@functools.cache
-def load() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (with one warning) when they cannot be built here."""
-    if os.environ.get("ARCHDISCOVER_NO_CKERNEL"):
-        return None
+def _paths() -> tuple[pathlib.Path, pathlib.Path]:
     # -march=native: the file is specific to this CPU (a shared home may see several)
     digest = hashlib.sha256((_SOURCE + _cpu_flags()).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"rowkernel-{digest}.so"
+    base = _cache_dir() / f"rowkernel-{digest}"
+    return base.with_suffix(".so"), base.with_suffix(".failed")
+
+
+def failure() -> str | None:
+    """Why the kernel could not be built here (remembered on disk), or None."""
+    _, failed = _paths()
+    try:
+        return failed.read_text().strip() or "unknown error"
+    except OSError:
+        return None
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, or None when they cannot be built here.
+
+    A failed build warns once and is remembered beside the would-be library
+    (``rowkernel-<hash>.failed``): later processes and ranks neither rebuild nor warn again
+    (delete that file to retry). ``ARCHDISCOVER_NO_CKERNEL=1`` turns the kernel off.
+    """
+    if os.environ.get("ARCHDISCOVER_NO_CKERNEL"):
+        return None
+    target, failed = _paths()
+    if failed.exists() and not target.exists():
+        return None
     try:
         if not target.exists():
             _build(target)
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        try:
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            failed.write_text(f"{type(e).__name__}: {e}\n")
+        except OSError:
+            pass
         warnings.warn(
-            f"archdiscover: the row-sparse LinBreg kernel could not be built ({e}); "
-            "using the plain path",
+            f"archdiscover: LinBreg's C kernel could not be built ({e}); using the foreach "
+            f"path (remembered in {failed})",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -233,3 +259,9 @@ def linbreg_(
     else:
         entries = getattr(lib, f"linbreg_entries_{suffix}")
         entries(*ptrs, p.numel(), *common, kernel_mode, threads)
+    # the kernel wrote behind autograd's back: bump the version counters, so that a graph
+    # that saved the old values raises "modified by an inplace operation" as after SGD
+    torch.autograd.graph.increment_version(p)
+    torch.autograd.graph.increment_version(v)
+    if use_mom:
+        torch.autograd.graph.increment_version(b)

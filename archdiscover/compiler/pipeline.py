@@ -1,0 +1,249 @@
+"""The compile pipeline for one rounding: trace, analyse, drop, plan, fold, prune, verify.
+
+:func:`compile_once` works on a copy of ``model`` in eval mode:
+
+1. trace it (:mod:`archdiscover.graph`) and analyse which channels are constant
+   (:mod:`.analysis`);
+2. drop residual branches that are exactly zero, re-tracing until none is left (depth);
+3. plan which coupled channel groups go (zero, dead downstream, or foldable constants),
+   round the widths (:mod:`.passes`), fold the constants into the consumers' biases;
+4. remove the channels physically (:mod:`.prune`, Torch-Pruning's per-layer functions);
+5. verify (:mod:`.verify`): the compact model must reproduce the original on the example
+   inputs and on fresh random inputs to ``atol`` relative to the output scale, and neither
+   may be NaN, else :class:`CompileError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pathlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._inputs import Inputs, as_inputs
+from ..export import export_onnx
+from ..graph.ops import producer_widths
+from ..graph.trace import TraceError, trace, weight_depth
+from ..verify import fresh_inputs, max_error, outputs
+from . import passes
+from .analysis import ValueAnalysis
+from .errors import CompileError
+from .prune import count, prune
+from .serialize import save_compiled
+
+__all__ = ["CompileReport", "Compiled", "compile_once"]
+
+
+@dataclass
+class CompileReport:
+    """What ``compile`` did, with sizes before and after.
+
+    ``macs`` are multiply-accumulates for one sample (FLOPs = 2 x MACs); ``depth`` is the
+    largest number of Conv/ConvTranspose/Linear layers on a path from input to output;
+    ``layers`` maps each weight layer to ``(width before, width after)`` (``after`` is 0 for
+    a layer that was dropped with its residual branch).
+    """
+
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    depth_before: int
+    depth_after: int
+    layers: dict[str, tuple[int, int]]
+    removed_groups: int
+    folded_groups: int
+    kept: dict[str, int]
+    dropped_branches: list[str]
+    round_to: int
+    max_error: float
+    seconds: float
+    auto: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def flops_before(self) -> int:
+        return 2 * self.macs_before
+
+    @property
+    def flops_after(self) -> int:
+        return 2 * self.macs_after
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["layers"] = {k: list(v) for k, v in self.layers.items()}
+        d["flops_before"], d["flops_after"] = self.flops_before, self.flops_after
+        return d
+
+    def __str__(self) -> str:
+        def frac(a: int, b: int) -> str:
+            return f"{a / b:.1%}" if b else "-"
+
+        rows = [
+            ("parameters", self.params_before, self.params_after),
+            ("MACs / sample", self.macs_before, self.macs_after),
+            ("depth (weight layers)", self.depth_before, self.depth_after),
+        ]
+        w = max([len(n) for n in self.layers] + [22])
+        lines = [f"{'':<{w}}  {'before':>12}  {'after':>12}  {'kept':>6}"]
+        lines += [f"{n:<{w}}  {a:>12,}  {b:>12,}  {frac(b, a):>6}" for n, a, b in rows]
+        lines.append("")
+        lines.append(f"{'layer width':<{w}}  {'before':>12}  {'after':>12}")
+        for n, (a, b) in self.layers.items():
+            lines.append(f"{n:<{w}}  {a:>12}  {b if b else 'dropped':>12}")
+        lines.append("")
+        lines.append(
+            f"removed {self.removed_groups} channel groups ({self.folded_groups} constant ones "
+            f"folded into the next layer), dropped {len(self.dropped_branches)} residual "
+            f"branch(es); widths rounded to multiples of {self.round_to}; "
+            f"max relative error {self.max_error:.2e}; {self.seconds:.2f} s"
+        )
+        for reason, n in self.kept.items():
+            lines.append(f"kept {n} removable-looking group(s): {reason}")
+        if self.auto:
+            lines.append("round_to='auto' (onnxruntime median latency, ms):")
+            for r, d in self.auto.items():
+                cells = ", ".join(f"batch {k}: {v:.3f}" for k, v in d.items())
+                lines.append(
+                    f"  round_to={r}: {cells}" + ("  <- chosen" if r == self.round_to else "")
+                )
+        return "\n".join(lines)
+
+
+class Compiled:
+    """A compact model produced by :func:`compile`.
+
+    Attributes:
+        model: the compact ``nn.Module`` (the input model's class with narrower layers, or a
+            ``torch.fx.GraphModule`` when residual branches were dropped).
+        report: a :class:`CompileReport`.
+        example_inputs: the inputs it was verified on.
+    """
+
+    def __init__(
+        self, model: nn.Module, report: CompileReport, example_inputs: tuple[Tensor, ...]
+    ) -> None:
+        self.model = model
+        self.report = report
+        self.example_inputs = example_inputs
+
+    def __repr__(self) -> str:
+        r = self.report
+        return (
+            f"Compiled(params {r.params_before:,} -> {r.params_after:,}, "
+            f"MACs {r.macs_before:,} -> {r.macs_after:,}, depth {r.depth_before} -> "
+            f"{r.depth_after})"
+        )
+
+    def export_onnx(
+        self,
+        path: str | os.PathLike,
+        dynamic_batch: bool = True,
+        *,
+        atol: float = 1e-5,
+        dynamo: bool = False,
+    ) -> pathlib.Path:
+        """Export the compact model to ONNX, check it and verify it in onnxruntime.
+
+        Runs ``onnx.checker``, then compares onnxruntime (CPU provider) with the compact torch
+        model on the example inputs and on fresh inputs at another batch size; raises
+        :class:`archdiscover.export.OnnxVerificationError` with the max error beyond ``atol``.
+        Returns the path.
+        """
+        return export_onnx(
+            self.model,
+            path,
+            self.example_inputs,
+            dynamic_batch=dynamic_batch,
+            atol=atol,
+            dynamo=dynamo,
+        )
+
+    def save(self, path: str | os.PathLike) -> pathlib.Path:
+        """Write the compact shapes and weights (plain data and tensors, no pickled code).
+
+        Reload with :func:`archdiscover.load_compiled` and the supernet's constructor.
+        """
+        return save_compiled(self.model, self.report.to_dict(), path)
+
+
+def compile_once(
+    model: nn.Module,
+    example_inputs: Inputs,
+    atol: float,
+    round_to: int,
+    strict: bool,
+    n_random: int,
+) -> Compiled:
+    """:func:`compile` with one rounding ``round_to`` (what ``"auto"`` calls per candidate)."""
+    t0 = time.perf_counter()
+    inputs = as_inputs(example_inputs)
+    work = copy.deepcopy(model).eval()
+    checks = [inputs] + [fresh_inputs(inputs, seed) for seed in range(n_random)]
+    refs = [outputs(work, x) for x in checks]
+    if any(bool(torch.isnan(t).any()) for r in refs for t in r):
+        raise CompileError(
+            f"{type(model).__name__} computes NaN on the example inputs (diverged weights?); "
+            "nothing was compiled"
+        )
+    macs0, params0 = count(work, inputs)
+    widths0 = producer_widths(work)
+    try:
+        g = trace(work, inputs)
+    except TraceError as e:
+        raise CompileError(str(e)) from e
+    depth0 = weight_depth(g)
+    dropped: list[str] = []
+    for _ in range(64):  # each pass drops at least one branch
+        a = ValueAnalysis(g, inputs)
+        new = passes.drop_zero_branches(g, a)
+        if not new:
+            break
+        dropped += new
+        g = trace(g.gm, inputs)
+    p = passes.plan(g, a)
+    if strict and p.blocked:
+        reasons = "; ".join(sorted(set(p.blocked)))
+        raise CompileError(
+            f"zero channels cannot be removed through an unsupported operation: {reasons}. "
+            "Pass strict=False to keep them (see archdiscover.inspect)."
+        )
+    passes.round_widths(g, p, round_to)
+    passes.fold_constants(g, a, p.fold)
+    prune(g, p.remove)
+    out_model: nn.Module = g.gm if dropped else work
+    if dropped:
+        out_model.graph.lint()
+    errors = [max_error(outputs(out_model, x), r) for r, x in zip(refs, checks, strict=True)]
+    worst = max(errors, key=lambda e: e.rel)
+    if not worst.rel <= atol:
+        detail = f" ({worst.note})" if worst.note else ""
+        raise CompileError(
+            f"the compact model differs from the original by {worst.rel:.3e} (relative to the "
+            f"output scale; atol={atol:g}){detail}; nothing was returned"
+            + ("" if "NaN" in worst.note else ". Please report this model.")
+        )
+    macs1, params1 = count(out_model, inputs)
+    widths1 = producer_widths(out_model)
+    layers = {n: (w, widths1.get(n, 0)) for n, w in widths0.items()}
+    report = CompileReport(
+        params_before=params0,
+        params_after=params1,
+        macs_before=macs0,
+        macs_after=macs1,
+        depth_before=depth0,
+        depth_after=weight_depth(trace(out_model, inputs)),
+        layers=layers,
+        removed_groups=len(p.remove),
+        folded_groups=len(p.fold),
+        kept=p.kept,
+        dropped_branches=dropped,
+        round_to=round_to,
+        max_error=worst.rel,
+        seconds=time.perf_counter() - t0,
+    )
+    return Compiled(out_model, report, inputs)

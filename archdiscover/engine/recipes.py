@@ -1,0 +1,109 @@
+"""Regularizer recipes: a config's ``regularizer`` name becomes optimizer param groups.
+
+* ``l1`` -- entries of every Conv / ConvTranspose / Linear weight;
+* ``group`` -- output units (rows, filters; ``axis=1`` for a ConvTranspose weight);
+* ``kernels`` -- each k x k kernel of a convolution, the rows of a Linear (the paper's Table 2);
+* ``coupled`` -- coupled channel groups (:func:`archdiscover.coupled_param_groups`), BatchNorm
+  scale and shift included; ``coupled_weights`` -- the same groups, filters only;
+* ``none`` -- no regularizer.
+
+With ``group`` and ``kernels`` a layer none of whose outputs can be removed (found with
+:func:`archdiscover.inspect`: it makes the model's output) gets entry-wise L1 instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..graph import ops
+from ..optim import AdaBreg, LinBreg, ProxSGD
+from ..regularizers import L1, GroupL12, Null, Regularizer
+from .config import TrainConfig
+
+__all__ = ["build_optimizer", "lr_scheduler", "param_groups"]
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[dict[str, Any]]:
+    """The optimizer param groups of ``cfg.regularizer`` at strength ``cfg.lam``."""
+    if cfg.regularizer in ("coupled", "coupled_weights"):
+        from ..coupling import coupled_param_groups
+
+        kw = (
+            {"roles": ("out",), "params": ("weight",)}
+            if cfg.regularizer == "coupled_weights"
+            else {}
+        )
+        return coupled_param_groups(model, example, cfg.lam, **kw)
+    lam = cfg.lam
+    if cfg.regularizer == "none":
+        return [{"params": list(model.parameters()), "reg": Null(), "name": "all"}]
+    # output units that cannot be removed (the model's outputs): entries (L1), not rows
+    fixed = _fixed_layers(model, example) if cfg.regularizer != "l1" else set()
+    buckets: dict[str, tuple[Regularizer, list[nn.Parameter]]] = {}
+
+    def put(name: str, reg: Regularizer, p: nn.Parameter) -> None:
+        buckets.setdefault(name, (reg, []))[1].append(p)
+
+    seen: set[int] = set()
+    for mname, m in model.named_modules():
+        if not isinstance(m, ops.WEIGHTED) or id(m.weight) in seen:
+            continue
+        seen.add(id(m.weight))
+        transposed = isinstance(m, ops.CONV_TRANSPOSE)
+        if cfg.regularizer == "l1" or mname in fixed:
+            put("weights" if cfg.regularizer == "l1" else "output weights", L1(lam), m.weight)
+        elif cfg.regularizer == "group":  # output units: rows / filters
+            put(
+                "transposed" if transposed else "weights",
+                GroupL12(lam, axis=1 if transposed else 0),
+                m.weight,
+            )
+        elif m.weight.dim() > 2:  # kernels: each k x k kernel of a convolution
+            name = "transposed kernels" if transposed else "conv kernels"
+            put(name, GroupL12.kernels(lam), m.weight)
+        else:  # kernels: the rows (neurons) of a Linear
+            put("linear rows", GroupL12(lam, axis=0), m.weight)
+    groups = [{"params": ps, "reg": reg, "name": name} for name, (reg, ps) in buckets.items()]
+    others = [p for p in model.parameters() if id(p) not in seen]
+    if others:
+        groups.append({"params": others, "reg": Null(), "name": "other"})
+    return groups
+
+
+def _fixed_layers(model: nn.Module, example: Tensor) -> set[str]:
+    """Layers none of whose output units can be removed (they make the model's output):
+    a row group there would only switch outputs off, so they get entry-wise L1 instead."""
+    from ..graph.groups import inspect
+
+    rep = inspect(model, example)
+    if not rep.traceable:
+        return set()
+    return {name for name, (removable, _total) in rep.layers.items() if removable == 0}
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, example: Tensor) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names, over the param groups of its regularizer recipe."""
+    if cfg.optimizer in ("sgd", "adam"):
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(
+                model.parameters(), lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening
+            )
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    groups = param_groups(model, cfg, example)
+    if cfg.optimizer == "linbreg":
+        return LinBreg(
+            groups, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening, impl=cfg.impl
+        )
+    if cfg.optimizer == "adabreg":
+        return AdaBreg(groups, lr=cfg.lr, betas=tuple(cfg.betas), impl=cfg.impl)
+    return ProxSGD(groups, lr=cfg.lr)
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
+    """The learning-rate schedule ``cfg.lr_schedule`` names (None for ``constant``)."""
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return None

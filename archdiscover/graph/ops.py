@@ -1,0 +1,235 @@
+"""The one table of layer and operation kinds: how each treats channels.
+
+Everything in archdiscover that asks "is this a convolution?", "does this op act on each
+channel separately?" or "which axis of this weight holds the output units?" asks here, so a
+kind added once is known to the tracer, the compiler, the sparse initialization, the
+sparsity report and the training engine alike. Only torch is imported.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ADD_TARGETS",
+    "BINARY_FUNCTIONS",
+    "BINARY_METHODS",
+    "CAT_FUNCTIONS",
+    "CONV",
+    "CONV_TRANSPOSE",
+    "FLATTEN_FUNCTIONS",
+    "NORM",
+    "PER_CHANNEL_FUNCTIONS",
+    "PER_CHANNEL_METHODS",
+    "PER_CHANNEL_MODULES",
+    "REDUCE_FUNCTIONS",
+    "REDUCE_METHODS",
+    "RESHAPE_METHODS",
+    "WEIGHTED",
+    "fan_in",
+    "is_zero_padded",
+    "producer_widths",
+    "unit_axis",
+]
+
+CONV: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_TRANSPOSE: tuple[type[nn.Module], ...] = (
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+#: layers whose weight produces output units (rows / filters): what sparsity acts on
+WEIGHTED: tuple[type[nn.Module], ...] = (nn.Linear, *CONV, *CONV_TRANSPOSE)
+#: per-channel normalizations with (optional) per-channel scale, shift and statistics
+NORM: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+
+#: modules acting on each channel separately (the value of channel c depends only on channel c)
+PER_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+)
+PER_CHANNEL_FUNCTIONS = {
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardtanh,
+    F.hardswish,
+    F.hardsigmoid,
+    F.softplus,
+    F.softsign,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.interpolate,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    torch.abs,
+    torch.neg,
+    torch.exp,
+    torch.sqrt,
+    torch.square,
+    F.sigmoid,
+    F.tanh,
+}
+PER_CHANNEL_METHODS = {
+    "relu",
+    "relu_",
+    "sigmoid",
+    "tanh",
+    "clamp",
+    "clamp_",
+    "abs",
+    "neg",
+    "exp",
+    "sqrt",
+    "square",
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "double",
+    "half",
+    "to",
+    "type_as",
+}
+#: elementwise binary ops and the kind of their channel algebra
+BINARY_FUNCTIONS = {
+    operator.add: "add",
+    operator.iadd: "add",
+    operator.sub: "add",
+    operator.isub: "add",
+    operator.mul: "mul",
+    operator.imul: "mul",
+    operator.truediv: "div",
+    operator.itruediv: "div",
+    torch.add: "add",
+    torch.sub: "add",
+    torch.mul: "mul",
+    torch.div: "div",
+}
+BINARY_METHODS = {
+    "add": "add",
+    "add_": "add",
+    "sub": "add",
+    "sub_": "add",
+    "mul": "mul",
+    "mul_": "mul",
+    "div": "div",
+    "div_": "div",
+}
+REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
+REDUCE_METHODS = {"mean", "sum", "amax"}
+FLATTEN_FUNCTIONS = {torch.flatten}
+RESHAPE_METHODS = {"flatten", "view", "reshape"}
+CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+#: residual additions (what the compiler may drop a zero branch of)
+ADD_TARGETS = {operator.add, operator.iadd, torch.add}
+
+
+def unit_axis(module: nn.Module) -> int | None:
+    """The weight axis that indexes output units: 0 for Linear / Conv, 1 for ConvTranspose
+    (``(in, out / groups, *k)``), None for other layers."""
+    if isinstance(module, CONV_TRANSPOSE):
+        return 1
+    if isinstance(module, (nn.Linear, *CONV)):
+        return 0
+    return None
+
+
+def fan_in(module: nn.Module) -> int:
+    """Inputs summed into one output value (for a transposed conv, per output pixel)."""
+    w = module.weight
+    if isinstance(module, nn.Linear):
+        return w.shape[1]
+    receptive = math.prod(w.shape[2:])
+    if isinstance(module, CONV_TRANSPOSE):
+        # weight (in, out/groups, k...): each output pixel sees about in*k^d/stride^d inputs
+        stride = math.prod(module.stride)
+        return max(1, round(w.shape[0] * receptive / stride / module.groups))
+    return w.shape[1] * receptive
+
+
+def is_zero_padded(m: nn.Module) -> bool:
+    """True for a convolution that pads its input with zeros (a constant input channel is
+    then not constant at the borders of its output)."""
+    pad = m.padding if not isinstance(m.padding, str) else (1,) if m.padding == "same" else (0,)
+    return m.padding_mode == "zeros" and any(p != 0 for p in pad)
+
+
+def producer_widths(model: nn.Module) -> dict[str, int]:
+    """Output width of every Conv / ConvTranspose / Linear module, by name."""
+    out: dict[str, int] = {}
+    for n, m in model.named_modules():
+        if isinstance(m, (*CONV, *CONV_TRANSPOSE)):
+            out[n] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            out[n] = m.out_features
+    return out
