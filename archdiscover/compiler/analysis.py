@@ -8,7 +8,8 @@ Every channel of every tensor in the traced graph is classified *structurally* a
   transposed convolution is not constant at the borders, so it counts as non-constant);
 * per-channel layers keep constants constant (a zero-padded average pool does not); a
   normalization with zero scale outputs its shift whatever its input;
-* sums and products of constants are constant; a product with an exact zero is zero.
+* sums and products of constants are constant; a product with an exact zero is zero, a
+  zero factor computed from parameters alone (a gate ``self.skips[k]``) included.
 
 The value of a constant channel is then read from one forward pass on the example inputs.
 """
@@ -23,6 +24,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from ..graph import ops
+from ..graph.gates import parameter_only
 from ..graph.trace import ChannelGraph
 
 __all__ = ["ValueAnalysis", "capture"]
@@ -57,6 +59,8 @@ class ValueAnalysis:
         g: the traced graph.
         values: each node's output on the example inputs.
         const: per node, a boolean per channel: structurally constant.
+        zero_params: the nodes computed from parameters alone whose value is exactly zero
+            (a zero gate: a product with one is zero).
     """
 
     def __init__(self, g: ChannelGraph, inputs: tuple[Tensor, ...]) -> None:
@@ -64,6 +68,12 @@ class ValueAnalysis:
         self.values = capture(g.gm, inputs)
         self.const: dict[str, np.ndarray] = {}
         self._val: dict[str, np.ndarray] = {}
+        # values of parameters alone (no path from an input) that are exactly zero
+        self.zero_params = {
+            p.name
+            for p in parameter_only(g.gm.graph)
+            if p.name in self.values and not bool(self.values[p.name].any())
+        }
         for node in g.gm.graph.nodes:
             self._visit(node)
 
@@ -90,6 +100,9 @@ class ValueAnalysis:
         kind = info.kind
         false = np.zeros(n, dtype=bool)
         ins = [i for i in info.inputs if g.slots.get(i) is not None]
+        if kind == "const":  # computed from parameters alone: the same for every input
+            self.const[name] = np.ones(n, dtype=bool)
+            return
         if kind in ("input", "opaque", "output", "other") or not ins:
             self.const[name] = false
             return
@@ -126,6 +139,8 @@ class ValueAnalysis:
             if info.detail.get("op") == "mul":  # a zero factor makes the product zero
                 for i in aligned:
                     c = c | (self.const[i] & (self.value_of(i) == 0))
+                if any(i in self.zero_params for i in info.inputs):  # a zero gate g * x
+                    c = np.ones(n, dtype=bool)
             self.const[name] = c
             return
         self.const[name] = false

@@ -4,7 +4,10 @@
 
 1. trace it (:mod:`archdiscover.graph`) and analyse which channels are constant
    (:mod:`.analysis`);
-2. drop residual branches that are exactly zero, re-tracing until none is left (depth);
+2. topology (:mod:`.topology`): remove the connections whose gate is exactly zero, fold
+   the other gates into their consumers where exact, drop the layers that no longer reach
+   the output; then drop residual branches that are exactly zero, re-tracing until none is
+   left (depth);
 3. plan which coupled channel groups go (zero, dead downstream, or foldable constants),
    round the widths (:mod:`.passes`), fold the constants into the consumers' biases;
 4. remove the channels physically (:mod:`.prune`, Torch-Pruning's per-layer functions);
@@ -30,7 +33,7 @@ from ..export import export_onnx
 from ..graph.ops import producer_widths
 from ..graph.trace import TraceError, trace, weight_depth
 from ..verify import fresh_inputs, max_error, outputs
-from . import passes
+from . import passes, topology
 from .analysis import ValueAnalysis
 from .errors import CompileError
 from .prune import count, prune
@@ -46,7 +49,11 @@ class CompileReport:
     ``macs`` are multiply-accumulates for one sample (FLOPs = 2 x MACs); ``depth`` is the
     largest number of Conv/ConvTranspose/Linear layers on a path from input to output;
     ``layers`` maps each weight layer to ``(width before, width after)`` (``after`` is 0 for
-    a layer that was dropped with its residual branch).
+    a layer that was dropped with its residual branch or because it no longer reached the
+    output). ``connections`` lists every gated connection (:class:`.topology.Connection`
+    as a dict: gate, source, targets, value, status ``removed`` / ``folded`` / ``kept``);
+    ``dropped_layers`` the layers that no longer reached the output, ``constant_layers``
+    the Linear layers with all-zero weights that became their bias.
     """
 
     params_before: int
@@ -64,6 +71,9 @@ class CompileReport:
     max_error: float
     seconds: float
     auto: dict[int, dict[str, float]] = field(default_factory=dict)
+    connections: list[dict[str, Any]] = field(default_factory=list)
+    dropped_layers: list[str] = field(default_factory=list)
+    constant_layers: list[str] = field(default_factory=list)
 
     @property
     def flops_before(self) -> int:
@@ -104,6 +114,21 @@ class CompileReport:
         )
         for reason, n in self.kept.items():
             lines.append(f"kept {n} removable-looking group(s): {reason}")
+        if self.connections:
+            c = topology.summarize(self.connections)
+            lines.append(
+                f"gated connections: {c['folded'] + c['kept']} of {c['total']} kept "
+                f"({c['folded']} folded into their consumer, {c['kept']} as a multiplication); "
+                f"{c['removed']} removed with their zero gate, {c['dropped']} with their layer"
+            )
+        if self.dropped_layers:
+            lines.append(
+                "layers dropped (no longer reach the output): " + ", ".join(self.dropped_layers)
+            )
+        if self.constant_layers:
+            lines.append(
+                "zero-weight layers replaced by their bias: " + ", ".join(self.constant_layers)
+            )
         if self.auto:
             lines.append("round_to='auto' (onnxruntime median latency, ms):")
             for r, d in self.auto.items():
@@ -197,6 +222,9 @@ def compile_once(
     except TraceError as e:
         raise CompileError(str(e)) from e
     depth0 = weight_depth(g)
+    topo = topology.simplify(g, ValueAnalysis(g, inputs))
+    if topo.changed:
+        g = trace(g.gm, inputs)
     dropped: list[str] = []
     for _ in range(64):  # each pass drops at least one branch
         a = ValueAnalysis(g, inputs)
@@ -215,8 +243,9 @@ def compile_once(
     passes.round_widths(g, p, round_to)
     passes.fold_constants(g, a, p.fold)
     prune(g, p.remove)
-    out_model: nn.Module = g.gm if dropped else work
-    if dropped:
+    rewritten = bool(dropped) or topo.changed
+    out_model: nn.Module = g.gm if rewritten else work
+    if rewritten:
         out_model.graph.lint()
     errors = [max_error(outputs(out_model, x), r) for r, x in zip(refs, checks, strict=True)]
     worst = max(errors, key=lambda e: e.rel)
@@ -245,5 +274,8 @@ def compile_once(
         round_to=round_to,
         max_error=worst.rel,
         seconds=time.perf_counter() - t0,
+        connections=[vars(c).copy() for c in topo.connections],
+        dropped_layers=topo.dropped_layers,
+        constant_layers=topo.constant_layers,
     )
     return Compiled(out_model, report, inputs)

@@ -42,6 +42,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .._inputs import Inputs, as_inputs
 from . import ops
+from .gates import parameter_only
 
 __all__ = [
     "ChannelGraph",
@@ -63,7 +64,7 @@ class NodeInfo:
 
     ``kind`` is one of ``input``, ``output``, ``producer`` (Conv/ConvT/Linear),
     ``depthwise``, ``norm``, ``pointwise``, ``binary``, ``cat``, ``flatten``, ``reduce``,
-    ``opaque`` or ``other`` (no tensor output).
+    ``const`` (computed from parameters alone), ``opaque`` or ``other`` (no tensor output).
     """
 
     kind: str
@@ -266,6 +267,7 @@ class _SlotTracer:
         self.gm = g.gm
 
     def run(self) -> None:
+        self.param_only = parameter_only(self.gm.graph)
         for node in self.gm.graph.nodes:
             self.visit(node)
 
@@ -494,6 +496,12 @@ class _SlotTracer:
         xs, xa = self.slots_of(x)
         xshape = shape_of(x)
         if xs is None or xshape is None:
+            if all(a in self.param_only for a in self.targs):
+                # computed from parameters alone (a gate self.skips[k], a constant layer's
+                # bias.expand(n, -1)): the same value for every input, fresh channels
+                self.set_out(self.g.new_slots(shape[1]) if len(shape) >= 2 else None)
+                self.info("const")
+                return
             self.opaque("input without a channel dimension")
             return
         if (not is_method and fn in ops.FLATTEN_FUNCTIONS) or (is_method and fn == "flatten"):
