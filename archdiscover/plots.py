@@ -484,10 +484,11 @@ def _draw_topology(ax: Axes, G: Any, title: str) -> None:
     colors = ["0.85" if G.nodes[n].get("kind") in ("input", "output") else "C0" for n in G.nodes]
     nx.draw_networkx_nodes(G, pos, ax=ax, node_size=sizes, node_color=colors, edgecolors="0.3")
     size_of = dict(zip(G.nodes, sizes, strict=True))
+    span = max(1, len(order) - 1)
     for a, b, d in G.edges(data=True):
         hops = abs(order[b] - order[a])
         gated = d.get("gate") is not None
-        rad = 0.0 if hops <= 1 else -min(0.9, 0.25 + 0.08 * hops)  # skips arc above
+        rad = 0.0 if hops <= 1 else -(0.15 + 0.3 * hops / span)  # skips arc above the row
         nx.draw_networkx_edges(
             G,
             pos,
@@ -515,9 +516,13 @@ def _draw_topology(ax: Axes, G: Any, title: str) -> None:
             rotation=0 if len(order) <= 10 else 60,
         )
     n_gated = sum(1 for *_e, d in G.edges(data=True) if d.get("gate") is not None)
-    ax.set_title(f"{title}\n{G.number_of_edges()} connections ({n_gated} gated)", fontsize="small")
+    n_skip = sum(1 for a, b in G.edges if abs(order[b] - order[a]) > 1)
+    ax.set_title(
+        f"{title}\n{G.number_of_edges()} connections: {n_skip} skip a layer, {n_gated} gated",
+        fontsize="small",
+    )
     ax.set_xlim(-1 - step, 1 + step)
-    ax.set_ylim(-1.1, 1.3)
+    ax.set_ylim(-0.4, 0.8)
     ax.axis("off")
 
 
@@ -543,7 +548,7 @@ def plot_architecture(graphs: dict[str, Any], path: PathLike, *, title: str | No
     if not graphs:
         raise ValueError("plot_architecture needs at least one graph")
     n = len(graphs)
-    fig = Figure(figsize=(6.0 * n, 4.2), dpi=DPI, layout="tight")
+    fig = Figure(figsize=(6.5 * n, 4.4), dpi=DPI, layout="tight")
     for i, (caption, G) in enumerate(graphs.items()):
         _draw_topology(fig.add_subplot(1, n, i + 1), G, caption)
     if title:

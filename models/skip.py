@@ -79,6 +79,10 @@ class SkipAutoencoder(nn.Module):
         activation: of the hidden blocks' Linear (``"relu"`` or ``None``).
         out_activation: of the last block's Linear; ``None`` (identity) since the data
             are standardized (the notebook applies ReLU to pixel targets in [0, 1]).
+        out_floor: if set, the output is ``max(x_depth, out_floor)``: images bounded
+            below (standardized MNIST: pixel 0 is ``-mean / std``), so that the network can
+            return exact background, as the notebook's ReLU output does for pixels in
+            [0, 1].
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class SkipAutoencoder(nn.Module):
         depth: int = 6,
         activation: str | None = "relu",
         out_activation: str | None = None,
+        out_floor: float | None = None,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -101,12 +106,14 @@ class SkipAutoencoder(nn.Module):
             for i in range(depth)
         )
         self.unflatten = nn.Unflatten(1, self.in_shape)
+        self.out_floor = None if out_floor is None else float(out_floor)
 
     def forward(self, x: Tensor) -> Tensor:
         xs = [self.flatten(x)]
         for block in self.blocks:
             xs.append(block(xs))
-        return self.unflatten(xs[-1])
+        out = xs[-1] if self.out_floor is None else torch.clamp(xs[-1], min=self.out_floor)
+        return self.unflatten(out)
 
 
 class GatedConvBlock(nn.Module):
@@ -188,10 +195,15 @@ def skip_autoencoder(
     depth: int = 6,
     activation: str | None = "relu",
     out_activation: str | None = None,
+    out_floor: float | None = None,
 ) -> SkipAutoencoder:
     """Build a :class:`SkipAutoencoder`; the defaults are the Skip-Encoder notebook's net."""
     return SkipAutoencoder(
-        in_shape=in_shape, depth=depth, activation=activation, out_activation=out_activation
+        in_shape=in_shape,
+        depth=depth,
+        activation=activation,
+        out_activation=out_activation,
+        out_floor=out_floor,
     )
 
 

@@ -498,8 +498,11 @@ class _SlotTracer:
         if xs is None or xshape is None:
             if all(a in self.param_only for a in self.targs):
                 # computed from parameters alone (a gate self.skips[k], a constant layer's
-                # bias.expand(n, -1)): the same value for every input, fresh channels
-                self.set_out(self.g.new_slots(shape[1]) if len(shape) >= 2 else None)
+                # bias.expand(n, -1)): the same value for every input. Its channels are
+                # kept like an input's (a parameter-made tensor is not sliced), quietly.
+                s = self.g.new_slots(shape[1]) if len(shape) >= 2 else None
+                self.g.freeze(s, "a tensor computed from parameters alone", False)
+                self.set_out(s)
                 self.info("const")
                 return
             self.opaque("input without a channel dimension")
