@@ -140,6 +140,36 @@ def test_a_zero_gate_removes_exactly_its_connection_conv():
     assert _same(c.model, m, X8) < 1e-5
 
 
+class _CatMLP(nn.Module):
+    """A Linear reading a gated concatenation of 2-D tensors (DenseNet style, fully
+    connected): ``out = c(cat([h2, g0 * x, g1 * h1]))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 3), nn.Linear(3, 4)
+        self.c = nn.Linear(4 + 5 + 3, 2)
+        self.g = nn.Parameter(torch.tensor([0.0, -1.5]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h1 = torch.relu(self.a(x))
+        h2 = torch.relu(self.b(h1))
+        return self.c(torch.cat([h2, self.g[0] * x, self.g[1] * h1], dim=1))
+
+
+def test_gated_concatenation_into_a_linear_loses_its_columns_or_folds():
+    torch.manual_seed(0)
+    m = _CatMLP().eval()
+    x = torch.randn(6, 5)
+    c = ad.compile(m, x)
+    status = {k["gate"]: (k["status"], k["source"], k["targets"]) for k in c.report.connections}
+    assert status == {
+        "g[0]": ("removed", "input", ["c"]),
+        "g[1]": ("folded", "a", ["c"]),
+    }
+    assert c.model.get_submodule("c").in_features == 4 + 3  # the 5 columns of x went
+    assert _same(c.model, m, x) < 1e-6
+
+
 # -- depth -------------------------------------------------------------------------------------
 def test_a_layer_that_no_longer_reaches_the_output_is_dropped_conv():
     m = _conv(widths=(4, 4, 4))
@@ -346,3 +376,18 @@ def test_plot_architecture_draws_both_graphs(tmp_path):
     assert p.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError):
         plot_architecture({}, tmp_path / "b.png")
+
+
+def test_the_example_config_is_a_valid_run():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+
+    from archdiscover.engine import TrainConfig
+    from archdiscover.engine.loop import build_model
+
+    path = Path(__file__).resolve().parents[1] / "examples/configs/skip_autoencoder_mnist5k.toml"
+    cfg = TrainConfig.from_dict(tomllib.loads(path.read_text()), where=str(path))
+    m = build_model(cfg)
+    assert isinstance(m, models.SkipAutoencoder) and m.out_floor == pytest.approx(-0.4252)
+    assert (cfg.task, cfg.gate_lam) == ("denoising", 0.07)

@@ -261,12 +261,14 @@ def _channel_cat(node: torch.fx.Node) -> list[torch.fx.Node] | None:
 
 
 def _readers(g: ChannelGraph, node: torch.fx.Node) -> list[tuple[nn.Module, torch.fx.Node]] | None:
-    """The weight layers reading ``node`` directly, each called once, if those are all of
-    its users (else None)."""
+    """The weight layers reading ``node`` (a channel concatenation) directly along its
+    dim 1, each called once, if those are all of its users (else None): a Linear on a 2-D
+    tensor, a convolution on an image batch."""
+    shape = shape_of(node)
     out = []
     for u in node.users:
         m = _single_call(g, u)
-        if m is None:
+        if m is None or shape is None or (isinstance(m, nn.Linear) != (len(shape) == 2)):
             return None
         out.append((m, u))
     return out
