@@ -3,7 +3,7 @@
 from .autoencoder import ConvAutoencoder, DenseAutoencoder
 from .convnet import ConvNet
 from .mlp import MLP
-from .registry import available, build, register
+from .registry import available, build, check_args, register
 from .resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "ResNet",
     "available",
     "build",
+    "check_args",
     "register",
 ]

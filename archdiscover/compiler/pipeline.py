@@ -36,7 +36,7 @@ from .errors import CompileError
 from .prune import count, prune
 from .serialize import save_compiled
 
-__all__ = ["CompileReport", "Compiled", "compile_once"]
+__all__ = ["CompileReport", "Compiled", "checked_inputs", "compile_once"]
 
 
 @dataclass
@@ -171,6 +171,21 @@ class Compiled:
         return save_compiled(self.model, self.report.to_dict(), path)
 
 
+def checked_inputs(model: nn.Module, example_inputs: Inputs) -> tuple[Tensor, ...]:
+    """The example inputs as a tuple of tensors with a non-empty batch, else CompileError."""
+    try:
+        inputs = as_inputs(example_inputs)
+    except TypeError as e:
+        raise CompileError(f"compile: {e}") from None
+    for i, x in enumerate(inputs):
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise CompileError(
+                f"compile: example input {i} of shape {tuple(x.shape)} has no samples; give "
+                f"{type(model).__name__} a batch of at least one"
+            )
+    return inputs
+
+
 def compile_once(
     model: nn.Module,
     example_inputs: Inputs,
@@ -181,10 +196,19 @@ def compile_once(
 ) -> Compiled:
     """:func:`compile` with one rounding ``round_to`` (what ``"auto"`` calls per candidate)."""
     t0 = time.perf_counter()
-    inputs = as_inputs(example_inputs)
+    inputs = checked_inputs(model, example_inputs)
     work = copy.deepcopy(model).eval()
     checks = [inputs] + [fresh_inputs(inputs, seed) for seed in range(n_random)]
-    refs = [outputs(work, x) for x in checks]
+    try:
+        refs = [outputs(work, x) for x in checks]
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        shapes = ", ".join(
+            f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}" for x in inputs
+        )
+        raise CompileError(
+            f"{type(model).__name__} cannot run on the example inputs ({shapes}): {first}"
+        ) from None
     if any(bool(torch.isnan(t).any()) for r in refs for t in r):
         raise CompileError(
             f"{type(model).__name__} computes NaN on the example inputs (diverged weights?); "

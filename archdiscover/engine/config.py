@@ -148,6 +148,10 @@ class TrainConfig:
             self.model in models.available(),
             f"unknown model {self.model!r} (available: {', '.join(models.available())})",
         )
+        try:
+            models.check_args(self.model, self.model_args)
+        except TypeError as e:
+            raise ConfigError(f"{where}: model_args: {e}") from None
         need(
             self.dataset in _data.DATASETS,
             f"unknown dataset {self.dataset!r} (known: {', '.join(sorted(_data.DATASETS))})",
