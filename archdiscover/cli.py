@@ -182,7 +182,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 def _run_dir_arg(path: pathlib.Path) -> pathlib.Path:
     if not path.is_dir():
         what = "is a file" if path.exists() else "does not exist"
-        raise _Fail(f"run directory {path} {what}", EXIT_USAGE)
+        raise _Fail(f"run directory {path} {what}")
     return path
 
 
@@ -283,13 +283,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (and the same for every sub-command)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("exit_on_error", True)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .engine.config import TrainConfig
 
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="archdiscover", description="Discover compact architectures by sparse training."
     )
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a supernet (TOML config and/or flags)")
     t.add_argument("--config", type=pathlib.Path, help="a TOML file of TrainConfig keys")

@@ -498,20 +498,19 @@ def test_default_adabreg_without_reg_is_adam_bit_for_bit():
         assert torch.equal(a, b)
 
 
-IMPLS_ALL = [
-    "single",
-    "foreach",
-    pytest.param("compiled", marks=pytest.mark.needs_cc),
-    pytest.param("ckernel", marks=pytest.mark.needs_cc),
+CC = pytest.mark.needs_cc
+OPT_IMPLS = [
+    *(("linbreg", i) for i in ("single", "foreach")),
+    pytest.param("linbreg", "compiled", marks=CC),
+    pytest.param("linbreg", "ckernel", marks=CC),
+    *(("adabreg", i) for i in ("single", "foreach")),
+    pytest.param("adabreg", "compiled", marks=CC),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
-@pytest.mark.parametrize("impl", IMPLS_ALL)
-@pytest.mark.parametrize("opt_name", ["linbreg", "adabreg"])
+@pytest.mark.parametrize(("opt_name", "impl"), OPT_IMPLS)
 def test_every_dtype_follows_the_float64_path(dtype, impl, opt_name):
-    if opt_name == "adabreg" and impl == "ckernel":
-        pytest.skip("the C kernel is LinBreg's")
     ref_net, net = _net(dtype=F64), _net(dtype=F64).to(dtype)
 
     def make(m, i):

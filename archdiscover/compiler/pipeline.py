@@ -104,6 +104,13 @@ class CompileReport:
         )
         for reason, n in self.kept.items():
             lines.append(f"kept {n} removable-looking group(s): {reason}")
+        odd = [n for n, (a, b) in self.layers.items() if b > 8 and b % 8]
+        if self.round_to == 1 and odd:
+            lines.append(
+                f"note: {len(odd)} width(s) are not multiples of 8 ({odd[0]}: "
+                f"{self.layers[odd[0]][1]}); in onnxruntime such widths can run slower than the "
+                "dense model: compile with round_to='auto' (or 8 / 16) for deployment"
+            )
         if self.auto:
             lines.append("round_to='auto' (onnxruntime median latency, ms):")
             for r, d in self.auto.items():

@@ -62,10 +62,13 @@ __all__ = ["DivergenceError", "RunResult", "build_model", "load_split", "load_tr
 
 #: models with fewer parameters than this train on one thread unless ``threads`` says otherwise
 SMALL_MODEL = 1_000_000
+#: a training loss this many times the first one (or NaN / Inf) stops the run as diverged
+EXPLODED = 1e6
 
 
 class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss or weights; the run stopped before saving them."""
+    """Training produced a non-finite or exploded loss, or non-finite weights; the run
+    stopped before saving them."""
 
 
 def _device(name: str) -> torch.device:
@@ -133,7 +136,7 @@ def _divergence(
         hints.append(f"noise_std = {cfg.noise_std:g} is huge for standardized images")
     cause = "; ".join(hints) if hints else f"the learning rate (lr = {cfg.lr:g}) is too large"
     return DivergenceError(
-        f"training diverged in epoch {epoch}{where}: the {what} is {value}; likely cause: "
+        f"training diverged in epoch {epoch}{where}: the {what} is {value:.3g}; likely cause: "
         f"{cause}. Stopped before saving: the last finite checkpoint is kept"
     )
 
@@ -206,6 +209,15 @@ def train(
             budget pass e.g. ``lambda m: (c := archdiscover.compile(m.eval(), x).report)
             .macs_after / c.macs_before`` (called on rank 0's model on every rank, so it
             must be deterministic). Its value is logged as ``measured``.
+
+    Raises:
+        ConfigError: a bad config, or a model that cannot run on the data / give what the
+            task needs, or a run directory of the wrong kind.
+        CheckpointError: another ``train`` holds the run directory; a checkpoint that is
+            unreadable, malformed, past the run's end, non-finite, or from another config.
+        DivergenceError: a training loss that is NaN / Inf or ``EXPLODED`` times the first
+            one, or non-finite weights after an epoch. The run stops before that epoch is
+            logged or saved, so the last checkpoint is the last finite state.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
@@ -315,6 +327,7 @@ def _train(
     initial = None if start else _sparsity(model)
     last: dict[str, Any] = last_record(run_dir / "log.jsonl", start)
     n = len(xs)
+    first_loss: float | None = None
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -337,8 +350,11 @@ def _train(
                 target = ys[idx]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(net(xb), target)
-            if not bool(torch.isfinite(loss)):
-                raise _divergence(cfg, epoch, f", batch {bi + 1}", "training loss", float(loss))
+            value = float(loss.detach())
+            if first_loss is None:
+                first_loss = value
+            if not math.isfinite(value) or value > EXPLODED * max(1.0, abs(first_loss)):
+                raise _divergence(cfg, epoch, f", batch {bi + 1}", "training loss", value)
             # DDP averages gradients over processes: weight each share by its size so the
             # result is the gradient of the mean loss over the global batch
             (loss * (len(idx) * dd.world / len(batch))).backward()
