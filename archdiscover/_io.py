@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["TEMP_SUFFIX", "load_plain", "remove_temporaries", "save_atomic"]
+__all__ = ["TEMP_SUFFIX", "alive", "load_plain", "remove_temporaries", "save_atomic"]
 
 TEMP_SUFFIX = ".tmp"
-_TEMP = re.compile(r"^\..+\.\d+\.tmp$")
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> pathlib.Path:
@@ -67,15 +67,29 @@ def load_plain(path: pathlib.Path, what: str) -> Any:
         raise ValueError(f"{what} {path} is unreadable: {why}") from None
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this process included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is not ours
+        return True
+    return True
+
+
 def remove_temporaries(folder: pathlib.Path) -> list[pathlib.Path]:
-    """Delete the ``.<name>.<pid>.tmp`` files of killed :func:`save_atomic` writes in
-    ``folder`` (not recursive); returns what was removed. Call it only while no other
-    process writes there (the training engine holds the run directory's lock)."""
-    removed = []
+    """Delete the ``.<name>[.<tag>].<pid>.tmp`` files that killed writes (:func:`save_atomic`,
+    the ONNX exporter, the log) left in ``folder`` (not recursive): those whose process is
+    gone; returns what was removed."""
+    removed: list[pathlib.Path] = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
-        if _TEMP.match(p.name) and p.is_file():
+        m = _TEMP.match(p.name)
+        if m and p.is_file() and not alive(int(m.group(1))):
             try:
                 p.unlink()
                 removed.append(p)

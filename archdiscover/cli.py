@@ -133,6 +133,7 @@ def _example_inputs(run_dir: pathlib.Path, n: int) -> tuple[Any, Any]:
 def _cmd_compile(args: argparse.Namespace) -> int:
     import torch
 
+    from ._io import remove_temporaries
     from .compiler import compile as compile_model
     from .engine import load_trained
     from .export import export_onnx
@@ -148,6 +149,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         raise _Fail(f"--onnx {onnx_path} is a directory", EXIT_USAGE)
     if not onnx_path.parent.is_dir():
         raise _Fail(f"--onnx {onnx_path}: the folder {onnx_path.parent} does not exist", EXIT_USAGE)
+    remove_temporaries(run_dir)  # what a killed compile or export left behind
     model, meta = load_trained(run_dir)
     x, _cfg = _example_inputs(run_dir, 64)
     round_to: int | str = args.round_to if args.round_to == "auto" else int(args.round_to)

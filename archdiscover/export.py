@@ -315,7 +315,7 @@ def export_onnx(
     cpu_inputs = tuple(x.detach().cpu() for x in inputs)
     export_model = model if _on_cpu(model) else copy.deepcopy(model).cpu()
 
-    tmp = parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.{os.getpid()}.tmp"
     try:
         with _EvalMode(model), _EvalMode(export_model):
             with torch.no_grad():

@@ -158,12 +158,18 @@ def epoch_axis(ax: Axes, epochs: Sequence[float] = ()) -> None:
 
 
 def log_axis(ax: Axes, axis: str = "y") -> None:
-    """A log scale whose labels are readable values at 1, 2 and 5 of every decade (a log axis
-    that labels only decades hides the values in between)."""
+    """A log scale whose labels are readable values, not only decades (a log axis that labels
+    only 1, 10, 100 hides the values in between): every 1..9 of a decade for data spanning
+    less than one decade, 1, 2 and 5 up to four decades, decades beyond. Call it after
+    plotting (it reads the data's span)."""
+    lim = ax.dataLim
+    lo, hi = (lim.y0, lim.y1) if axis == "y" else (lim.x0, lim.x1)
+    decades = math.log10(hi / lo) if lo > 0 and math.isfinite(hi / lo) else math.inf
+    subs = tuple(range(1, 10)) if decades < 1 else (1.0, 2.0, 5.0) if decades < 4 else (1.0,)
     scale = ax.set_yscale if axis == "y" else ax.set_xscale
     scale("log")
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    target.set_major_locator(LogLocator(base=10.0, subs=subs))
     target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     target.set_minor_formatter(NullFormatter())
 

@@ -104,7 +104,7 @@ class CompileReport:
         )
         for reason, n in self.kept.items():
             lines.append(f"kept {n} removable-looking group(s): {reason}")
-        odd = [n for n, (a, b) in self.layers.items() if b > 8 and b % 8]
+        odd = [n for n, (a, b) in self.layers.items() if 8 < b < a and b % 8]
         if self.round_to == 1 and odd:
             lines.append(
                 f"note: {len(odd)} width(s) are not multiples of 8 ({odd[0]}: "

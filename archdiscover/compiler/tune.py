@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from .._inputs import Inputs
+from .._io import alive
 from ..latency import onnx_latency
 from .pipeline import Compiled, checked_inputs, compile_once
 
@@ -38,23 +39,11 @@ def remove_stale_folders() -> list[pathlib.Path]:
     removed = []
     for d in pathlib.Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
         pid = d.name[len(PREFIX) :].split("-", 1)[0]
-        if not d.is_dir() or not pid.isdigit() or _alive(int(pid)):
+        if not d.is_dir() or not pid.isdigit() or alive(int(pid)):
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists but is not ours
-        return True
-    return True
 
 
 def compile_auto(
