@@ -67,13 +67,14 @@ def _device(name: str) -> torch.device:
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The supernet ``cfg.model`` with ``cfg.model_args``."""
-    from .. import models
+    """The model ``cfg.model`` (a registered supernet or ``package.module:factory``) with
+    ``cfg.model_args``."""
+    from . import resolve
 
     try:
-        return models.build(cfg.model, **cfg.model_args)
-    except TypeError as e:
-        raise ConfigError(f"config: bad model_args for model {cfg.model!r}: {e}") from None
+        return resolve.build(cfg.model, cfg.model_args)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
 
 
 @dataclass
@@ -340,12 +341,12 @@ def _evaluate(
 
 def load_trained(run_dir: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """The final model of a finished run (``run_dir/model.pt``) and its metadata."""
-    from .. import models
+    from . import resolve
 
     path = pathlib.Path(run_dir) / "model.pt"
     meta = load_checkpoint(path, kind="model file")
     try:
-        model = models.build(meta["model"], **meta["model_args"])
+        model = resolve.build(meta["model"], meta["model_args"])
         model.load_state_dict(meta["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"model file {path} does not fit its model: {e}") from None

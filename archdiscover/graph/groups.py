@@ -150,16 +150,20 @@ class InspectReport:
     """What can shrink and what cannot, with the reason.
 
     Attributes:
-        traceable: whether torch.fx could trace the model (``error`` says why not).
+        traceable: whether the model could be traced (``error`` says why not).
+        tracer: which tracer ran: ``"torch.fx"`` (symbolic tracing), or ``"torch.export"``
+            where fx failed (Python control flow on shapes, say).
         groups: number of removable coupled channel groups.
         layers: per producing layer, ``(removable channels, total channels)``.
         frozen: per reason, the number of channel groups it blocks.
-        unsupported: ``(node, operation, reason)`` for every operation the tracer could not
-            see through; channels touching them are never removed.
+        unsupported: ``(node, operation, reason)`` for every operation that blocks channels:
+            one that mixes them (a LayerNorm over the channels) or one the tracer cannot see
+            through; channels touching them are never removed.
     """
 
     traceable: bool
     error: str = ""
+    tracer: str = ""
     groups: int = 0
     layers: dict[str, tuple[int, int]] = field(default_factory=dict)
     frozen: dict[str, int] = field(default_factory=dict)
@@ -168,7 +172,7 @@ class InspectReport:
     def __str__(self) -> str:
         if not self.traceable:
             return f"not traceable: {self.error}"
-        lines = [f"{self.groups} removable coupled channel groups", ""]
+        lines = [f"{self.groups} removable coupled channel groups (traced with {self.tracer})", ""]
         w = max([len(n) for n in self.layers] + [5])
         lines.append(f"{'layer':<{w}}  removable / channels")
         for n, (a, b) in self.layers.items():
@@ -177,7 +181,7 @@ class InspectReport:
             lines += ["", "channels that cannot be removed:"]
             lines += [f"  {k}: {v} group(s)" for k, v in self.frozen.items()]
         if self.unsupported:
-            lines += ["", "operations the compiler cannot shrink through:"]
+            lines += ["", "operations that block channels (mix them, or unknown to the tracer):"]
             lines += [f"  {node}: {op}: {why}" for node, op, why in self.unsupported]
         return "\n".join(lines)
 
@@ -188,7 +192,7 @@ def inspect(model: nn.Module, example_inputs: Inputs) -> InspectReport:
         g = trace(model, example_inputs)
     except TraceError as e:
         return InspectReport(traceable=False, error=str(e))
-    report = InspectReport(traceable=True, unsupported=list(g.unsupported))
+    report = InspectReport(traceable=True, tracer=g.tracer, unsupported=list(g.unsupported))
     report.groups = len(groups_of(g))
     for mod in g.producer_modules():
         labs = g.out_labels(mod)
