@@ -164,7 +164,9 @@ def _adaptive(original: Any, reduce: str, k: int) -> Any:
 
     def pool(x: Tensor, output_size: Any, *args: Any, **kwargs: Any) -> Any:
         size = [output_size] * k if isinstance(output_size, int) else list(output_size)
-        dims = [int(d) for d in x.shape[-k:]]  # constants: the bins are fixed at export
+        with warnings.catch_warnings():  # constants on purpose: the bins are fixed at export
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            dims = [int(d) for d in x.shape[-k:]]
         size = [d if s is None else int(s) for s, d in zip(size, dims, strict=True)]
         if all(d % s == 0 for s, d in zip(size, dims, strict=True)) or kwargs.get("return_indices"):
             return original(x, tuple(size) if k > 1 else size[0], *args, **kwargs)
@@ -185,9 +187,19 @@ def _adaptive(original: Any, reduce: str, k: int) -> Any:
     return pool
 
 
+def _channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """``F.channel_shuffle`` as reshape, transpose, reshape (which ONNX has)."""
+    b, c = x.shape[0], x.shape[1]
+    rest = x.shape[2:]
+    y = x.reshape(b, groups, c // groups, *rest).transpose(1, 2)
+    return y.reshape(b, c, *rest)
+
+
 class _ExactAdaptivePooling:
     """Within this context, ``F.adaptive_avg_pool{1,2,3}d`` / ``F.adaptive_max_pool{1,2,3}d``
-    are the sliced versions of :func:`_adaptive` (what nn.Adaptive*Pool* modules call)."""
+    are the sliced versions of :func:`_adaptive` (what nn.Adaptive*Pool* modules call), and
+    ``F.channel_shuffle`` (``nn.ChannelShuffle``) is a reshape and a transpose: the same
+    values, in operations the legacy exporter has."""
 
     names = tuple((f"adaptive_{r}_pool{k}d", r, k) for r in ("avg", "max") for k in (1, 2, 3))
 
@@ -197,6 +209,10 @@ class _ExactAdaptivePooling:
         self.saved = {n: getattr(F, n) for n, _, _ in self.names}
         for n, r, k in self.names:
             setattr(F, n, _adaptive(self.saved[n], "mean" if r == "avg" else "max", k))
+        for n in ("channel_shuffle", "native_channel_shuffle"):
+            if hasattr(F, n):
+                self.saved[n] = getattr(F, n)
+                setattr(F, n, _channel_shuffle)
 
     def __exit__(self, *exc: object) -> None:
         import torch.nn.functional as F
@@ -390,6 +406,7 @@ def export_onnx(
     cpu_inputs = tuple(x.detach().cpu() for x in inputs)
     export_model = model if _on_cpu(model) else copy.deepcopy(model).cpu()
     flat_model = _FlatOutputs(export_model)
+    flat_model.training = False  # the wrapper only; _EvalMode below handles the model
 
     tmp = parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
@@ -479,7 +496,9 @@ def _run_exporter(
         kwargs["verbose"] = False
         if dynamic_batch:
             batch = torch.export.Dim("batch")
-            kwargs["dynamic_shapes"] = tuple({0: batch} for _ in inputs)
+            shapes = tuple({0: batch} for _ in inputs)
+            # _FlatOutputs takes *inputs: one parameter holding all of them
+            kwargs["dynamic_shapes"] = (shapes,) if isinstance(model, _FlatOutputs) else shapes
     elif dynamic_batch:
         kwargs["dynamic_axes"] = {n: {0: "batch"} for n in (*in_names, *out_names)}
     with warnings.catch_warnings():

@@ -220,18 +220,18 @@ def compile_once(
         )
     passes.round_widths(g, p, round_to)
     passes.fold_constants(g, a, p.fold)
-    prune(g, p.remove)
+    prune(g, p.remove, work)
     changed = rewrite_sizes(g, p.remove)
     attributes = update_attributes(g, work, changed)
     # the user's class when it computes the new sizes itself, else the rewritten graph
     choices: list[nn.Module] = (
-        [g.gm] if dropped else [work, g.gm] if g.sizes and p.remove else [work]
+        [g.gm] if dropped else [work, _rooted(work, g.gm)] if g.sizes and p.remove else [work]
     )
     worst, out_model, failure = None, choices[-1], ""
     for cand in choices:
-        if cand is g.gm:
-            _drop_eval_identities(g.gm)
-            g.gm.graph.lint()
+        if isinstance(cand, torch.fx.GraphModule):
+            _drop_eval_identities(cand)
+            cand.graph.lint()
         try:
             errors = [max_error(outputs(cand, x), r) for r, x in zip(refs, checks, strict=True)]
         except Exception as e:  # e.g. a reshape by a size the class computes from elsewhere
@@ -274,6 +274,15 @@ def compile_once(
         attributes=attributes if out_model is work else {},
     )
     return Compiled(out_model, report, inputs)
+
+
+def _rooted(model: nn.Module, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``gm``'s graph over ``model``'s own submodules (so ``compiled.model.blocks[0].attn``
+    is the user's attention module, with its updated head count), named after its class."""
+    out = torch.fx.GraphModule(model, gm.graph, class_name=type(model).__name__)
+    for name, child in model.named_children():
+        setattr(out, name, child)
+    return out
 
 
 def _drop_eval_identities(gm: torch.fx.GraphModule) -> None:

@@ -13,6 +13,7 @@ embedding, the statistics of a hand-written normalization) is cut along its dim.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,21 +28,31 @@ from .layers import narrow_multihead_attention
 __all__ = ["count", "prune"]
 
 
-def _cut(m: nn.Module, name: str, dim: int, drop: list[int]) -> None:
-    """Remove positions ``drop`` of tensor ``name`` of ``m`` along ``dim`` (in place)."""
+def _cut(
+    m: nn.Module, name: str, dim: int, drop: list[int], also: Sequence[nn.Module] = ()
+) -> None:
+    """Remove positions ``drop`` of tensor ``name`` of ``m`` along ``dim`` (in place), in
+    ``m`` and in every module of ``also`` that holds the same tensor under that name."""
     t = getattr(m, name)
     keep = torch.as_tensor(sorted(set(range(t.shape[dim])) - set(drop)), device=t.device)
-    new = t.detach().index_select(dim, keep).contiguous()
+    new: Tensor = t.detach().index_select(dim, keep).contiguous()
     if isinstance(t, nn.Parameter):
-        setattr(m, name, nn.Parameter(new, requires_grad=t.requires_grad))
-    elif name in m._buffers:
-        m._buffers[name] = new
-    else:
-        setattr(m, name, new)
+        new = nn.Parameter(new, requires_grad=t.requires_grad)
+    for owner in (m, *also):
+        if owner is not m and getattr(owner, name, None) is not t:
+            continue
+        if name in owner._parameters or isinstance(new, nn.Parameter):
+            owner._parameters[name] = new  # type: ignore[assignment]
+        elif name in owner._buffers:
+            owner._buffers[name] = new
+        else:
+            setattr(owner, name, new)
 
 
-def prune(g: ChannelGraph, remove: set[int]) -> None:
-    """Physically remove the channels of the group labels in ``remove`` from ``g.gm``."""
+def prune(g: ChannelGraph, remove: set[int], model: nn.Module | None = None) -> None:
+    """Physically remove the channels of the group labels in ``remove`` from ``g.gm`` (and
+    from ``model``, the module ``g`` was traced from, whose modules a forward that is traced
+    through holds the sliced tensors of: the graph keeps its own holders for those)."""
     if not remove:
         return
     rem = np.array(sorted(remove))
@@ -58,6 +69,12 @@ def prune(g: ChannelGraph, remove: set[int]) -> None:
             continue
         done.add((mod, param, dim))
         m = g.gm.get_submodule(mod)
+        also = []
+        if model is not None:
+            try:
+                also = [model.get_submodule(mod)]
+            except AttributeError:
+                also = []
         idxs = sorted(pos)
         if isinstance(m, (*ops.CONV, *ops.CONV_TRANSPOSE)) and param in ("weight", "bias"):
             _prune_conv(m, param, dim, role, groups, idxs)
@@ -83,16 +100,16 @@ def prune(g: ChannelGraph, remove: set[int]) -> None:
                     m.running_mean = m.running_mean[keep]
                     m.running_var = m.running_var[keep]
         elif isinstance(m, nn.GroupNorm) and param in ("weight", "bias"):
-            _cut(m, param, 0, idxs)
+            _cut(m, param, 0, idxs, also)
             m.num_channels = m.num_groups = int(getattr(m, param).shape[0])
         elif isinstance(m, nn.PReLU) and param == "weight":
             tp.prune_prelu_out_channels(m, idxs)
         elif isinstance(m, nn.MultiheadAttention) and param in ("in_proj_weight", "in_proj_bias"):
-            _cut(m, param, dim, idxs)
+            _cut(m, param, dim, idxs, also)
             if param == "in_proj_weight" and dim == 0:
                 heads[mod] = len(idxs) // (3 * m.head_dim)
         elif isinstance(getattr(m, param, None), Tensor):
-            _cut(m, param, dim, idxs)
+            _cut(m, param, dim, idxs, also)
         else:  # pragma: no cover - members are created for tensors only
             raise CompileError(f"no way to narrow {param!r} of {type(m).__name__} '{mod}'")
     for mod, n in heads.items():

@@ -103,6 +103,8 @@ class _Raiser:
     def function(
         self, node: torch.fx.Node, fn: Callable[..., Any], args: tuple, kwargs: dict | None = None
     ) -> None:
+        if isinstance(fn, str):  # a tensor method (expand, clone, ...)
+            node.op = "call_method"
         node.target = fn
         node.args = args
         node.kwargs = kwargs or {}
@@ -355,9 +357,6 @@ def export_graph(model: nn.Module, inputs: tuple[Tensor, ...]) -> torch.fx.Graph
         ep = torch.export.export(model, tuple(inputs), strict=False)
         exported = ep.module()
     _Raiser(exported, model).run()
-    for node in exported.graph.nodes:  # method calls created by the rules
-        if node.op == "call_function" and isinstance(node.target, str):
-            node.op = "call_method"
     root: dict[str, Any] = {}
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     modules = dict(model.named_modules())

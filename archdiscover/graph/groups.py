@@ -83,18 +83,25 @@ class ChannelGroup:
         return tuple(dict.fromkeys(s.module for s in self.slices if s.role == "in"))
 
     def params(self, roles: Iterable[str] = ("out", "norm")) -> list[Slice]:
-        """The trainable-parameter slices with the given roles (buffers excluded)."""
+        """The slices with the given roles, normalization statistics excluded (the tensors
+        that are parameters of the model are the trainable ones)."""
         roles = tuple(roles)
-        return [s for s in self.slices if s.role in roles and s.param in ("weight", "bias")]
+        return [s for s in self.slices if s.role in roles and s.param not in _STATISTICS]
 
     def norm(self, model: nn.Module, roles: Iterable[str] = ("out", "norm")) -> float:
         """Euclidean norm of the group's parameter slices with the given roles."""
-        sq = sum(float(s.tensor(model).double().pow(2).sum()) for s in self.params(roles))
+        sq = sum(
+            float(s.tensor(model).double().pow(2).sum())
+            for s in self.params(roles)
+            if _is_param(model, s)
+        )
         return math.sqrt(sq)
 
     def is_zero(self, model: nn.Module, roles: Iterable[str] = ("out", "norm")) -> bool:
         """True when every parameter slice with the given roles is exactly zero."""
-        return all(not bool(s.tensor(model).any()) for s in self.params(roles))
+        return all(
+            not bool(s.tensor(model).any()) for s in self.params(roles) if _is_param(model, s)
+        )
 
     @torch.no_grad()
     def zero_(self, model: nn.Module, roles: Iterable[str] = ("out", "norm")) -> None:
@@ -104,8 +111,17 @@ class ChannelGroup:
         rows and biases and the BatchNorm scale and shift vanish.
         """
         for s in self.params(roles):
+            if not _is_param(model, s):
+                continue
             t = _get_tensor(model, s.module, s.param)
             t.index_fill_(s.dim, torch.as_tensor(s.index, device=t.device), 0.0)
+
+
+_STATISTICS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+
+
+def _is_param(model: nn.Module, s: Slice) -> bool:
+    return isinstance(_get_tensor(model, s.module, s.param), nn.Parameter)
 
 
 def _get_tensor(model: nn.Module, module: str, param: str) -> Tensor:

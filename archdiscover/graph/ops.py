@@ -345,11 +345,14 @@ def is_zero_padded(m: nn.Module) -> bool:
 
 
 def producer_widths(model: nn.Module) -> dict[str, int]:
-    """Output width of every Conv / ConvTranspose / Linear module, by name."""
+    """Output width of every Conv / ConvTranspose / Linear module, by name (for
+    ``nn.MultiheadAttention``: its input projection's rows, ``3 * num_heads * head_dim``)."""
     out: dict[str, int] = {}
     for n, m in model.named_modules():
         if isinstance(m, (*CONV, *CONV_TRANSPOSE)):
             out[n] = m.out_channels
         elif isinstance(m, nn.Linear):
             out[n] = m.out_features
+        elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            out[n] = int(m.in_proj_weight.shape[0])
     return out

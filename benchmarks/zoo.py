@@ -1,0 +1,452 @@
+"""Compile every torchvision classification and segmentation model; compare with Torch-Pruning.
+
+Each model is built with ``weights=None`` (seeded), its normalizations get trained-looking
+statistics and every zero-initialized tensor small random values (so that outputs are not
+trivially zero), and half of its coupled channel groups (seeded, at random) are zeroed as
+training would leave them, in two ways:
+
+* ``filters+bn``: the producing filters and biases and the BatchNorm scale and shift (the
+  ``coupled`` regularizer): the channel is exactly zero;
+* ``filters``: the producing filters only (``coupled_weights``): the channel is a constant
+  (its bias or BatchNorm shift), which compiles exactly only where it folds.
+
+Then, for archdiscover (``compile(strict=True)``) and for Torch-Pruning 1.6 (its dependency
+graph, given the same zeroed channels of each of its groups' root layers): channel groups
+found, the fraction of output channels (of every Conv / Linear) that the structure lets go,
+the fraction removed, whether the result is exact (max |compact - original| /
+max(1, max |original|) <= 1e-4 in torch; for archdiscover also minimal: every zeroed
+channel gone), whether it exports to ONNX and verifies in onnxruntime (same tolerance), and
+seconds. Prints JSON, writes ``docs/results/zoo.json`` and the README table
+``docs/results/zoo.md``.
+
+    python benchmarks/zoo.py                    # all models, about 30 minutes on 2 cores
+    python benchmarks/zoo.py --models resnet18,vit_b_16
+    python benchmarks/zoo.py --quick            # two small models, seconds
+
+Inputs are small where the model allows (64 x 64; ViT built for 64 px, 56 px for
+ViT-H/14; Inception-v3 96 px; MaxViT needs 224 px). torchvision's PyPI wheel is built
+against CUDA torch; on a CPU torch its two C++ op schemas are declared before the import
+(none of these models calls them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import pathlib
+import random
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import torch_pruning as tp  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import archdiscover as ad  # noqa: E402
+from archdiscover.graph.groups import groups_of  # noqa: E402
+from archdiscover.graph.ops import producer_widths  # noqa: E402
+from archdiscover.graph.trace import trace  # noqa: E402
+from archdiscover.verify import fresh_inputs, max_error, outputs  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ATOL = 1e-4
+_LIB: Any = None  # keeps the torchvision op schemas alive
+
+
+def import_torchvision() -> Any:
+    """``torchvision.models``, declaring torchvision's C++ op schemas first on a CPU torch."""
+    global _LIB
+    try:
+        import torchvision.models as models
+
+        return models
+    except RuntimeError as e:
+        if "torchvision::nms" not in str(e):
+            raise
+    for k in [k for k in sys.modules if k.startswith("torchvision")]:
+        del sys.modules[k]
+    _LIB = torch.library.Library("torchvision", "DEF")
+    _LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _LIB.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import torchvision.models as models
+
+    return models
+
+
+def model_names(tv: Any) -> list[str]:
+    return tv.list_models(module=tv) + tv.list_models(module=tv.segmentation)
+
+
+def build(tv: Any, name: str, quick: bool) -> tuple[nn.Module, torch.Tensor]:
+    """The model with seeded random weights, and its example input (small where possible)."""
+    kw: dict[str, Any] = {}
+    size = 32 if quick else 64
+    if name.startswith("vit_h"):
+        kw["image_size"], size = 56, 56
+    elif name.startswith("vit"):
+        kw["image_size"] = size
+    elif name.startswith("maxvit"):
+        size = 224
+    elif name.startswith("inception"):
+        kw.update(aux_logits=False, init_weights=False)
+        size = 96
+    elif name.startswith("googlenet"):
+        kw.update(aux_logits=False, init_weights=False)
+    if name in tv.list_models(module=tv.segmentation):
+        kw["weights_backbone"] = None
+        kw["aux_loss"] = False
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tv.get_model(name, weights=None, **kw)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+        for p in model.parameters():
+            if not p.any():  # zero-initialized heads, class tokens, layer scales
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    x = torch.randn(2, 3, size, size, generator=gen)
+    return model.eval(), x
+
+
+def zero_groups(model: nn.Module, groups: list[ad.ChannelGroup], filters_only: bool) -> None:
+    """Zero the groups as training would: filters, biases and norms, or the filters only."""
+    with torch.no_grad():
+        for g in groups:
+            for s in g.params(("out",) if filters_only else ("out", "norm")):
+                if filters_only and s.param.endswith("bias"):
+                    continue
+                t = getattr(model.get_submodule(s.module), s.param)
+                if isinstance(t, nn.Parameter):
+                    t.index_fill_(s.dim, torch.as_tensor(s.index), 0.0)
+
+
+def out_channels(model: nn.Module) -> int:
+    return sum(producer_widths(model).values())
+
+
+def onnx_ok(model: nn.Module, x: torch.Tensor) -> tuple[bool, str]:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ad.export_onnx(model, pathlib.Path(tmp) / "m.onnx", x, atol=ATOL)
+            return True, ""
+        except Exception as e:
+            return False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+def error_of(model: nn.Module, refs: list[list[torch.Tensor]], checks: list[tuple]) -> float:
+    try:
+        return max(max_error(outputs(model, c), r).rel for r, c in zip(refs, checks, strict=True))
+    except Exception:
+        return math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# archdiscover
+# ---------------------------------------------------------------------------------------------
+def run_ours(model: nn.Module, x: torch.Tensor, zeroed: int, total: int) -> dict[str, Any]:
+    t = time.perf_counter()
+    try:
+        c = ad.compile(model, x, atol=ATOL, strict=True)
+    except Exception as e:
+        rec: dict[str, Any] = {
+            "strict_exact": False,
+            "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}",
+            "seconds": round(time.perf_counter() - t, 2),
+        }
+        try:
+            c = ad.compile(model, x, atol=ATOL, strict=False)
+            rec["removed_fraction_non_strict"] = round(
+                1 - sum(b for _, b in c.report.layers.values()) / total, 4
+            )
+        except Exception:
+            pass
+        return rec
+    seconds = time.perf_counter() - t
+    after = sum(b for _, b in c.report.layers.values())
+    ok, why = onnx_ok(c.model, x)
+    return {
+        "strict_exact": c.report.max_error <= ATOL,
+        "max_error": c.report.max_error,
+        "removed_fraction": round(1 - after / total, 4),
+        "minimal": total - after >= zeroed,
+        "kept": c.report.kept,
+        "onnx": ok,
+        **({"onnx_error": why} if why else {}),
+        "seconds": round(seconds, 2),
+        "tracer": c.report.tracer,
+        "compiled_type": type(c.model).__name__,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Torch-Pruning
+# ---------------------------------------------------------------------------------------------
+def tp_groups(model: nn.Module, x: torch.Tensor) -> tuple[Any, list[Any], list[nn.Module]]:
+    """Torch-Pruning's dependency graph and its prunable groups (output layers ignored)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+        ignored = [m for m in _output_layers(model, x)]
+        groups = list(
+            dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear])
+        )
+    return dg, groups, ignored
+
+
+def _output_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """Conv / Linear layers whose outputs are model outputs (their widths must stay)."""
+    g = trace(model, x)
+    outs = []
+    for mod in g.producer_modules():
+        labs = g.out_labels(mod)
+        if any(g.frozen.get(int(lab), ("",))[0].startswith("model output") for lab in labs):
+            outs.append(model.get_submodule(mod))
+    return outs
+
+
+def tp_structural(groups: list[Any]) -> tuple[int, int]:
+    """(channel groups, output channels those groups could remove) of Torch-Pruning."""
+    n_groups = 0
+    chans: set[tuple[int, int]] = set()
+    for grp in groups:
+        root = grp[0].dep.target.module
+        n = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        n_groups += n
+        for dep, idxs in grp:
+            fn = dep.handler
+            if fn in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
+                chans.update((id(dep.target.module), int(i)) for i in idxs)
+    return n_groups, len(chans)
+
+
+def run_tp(zeroed_model: nn.Module, x: torch.Tensor, total: int, refs, checks) -> dict[str, Any]:
+    t = time.perf_counter()
+    model = copy.deepcopy(zeroed_model)
+    try:
+        dg, groups, _ = tp_groups(model, x)
+        n_groups, n_struct = tp_structural(groups)
+        plans = []
+        for grp in groups:
+            root = grp[0].dep.target.module
+            w = root.weight.detach()
+            dead = [int(i) for i in torch.nonzero(w.flatten(1).abs().sum(1) == 0).flatten()]
+            n = w.shape[0]
+            if dead and len(dead) < n:
+                handler = (
+                    tp.prune_conv_out_channels
+                    if isinstance(root, nn.Conv2d)
+                    else tp.prune_linear_out_channels
+                )
+                plans.append((root, handler, dead))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for root, handler, dead in plans:
+                g = dg.get_pruning_group(root, handler, idxs=dead)
+                if dg.check_pruning_group(g):
+                    g.prune()
+    except Exception as e:
+        return {
+            "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}",
+            "seconds": round(time.perf_counter() - t, 2),
+        }
+    seconds = time.perf_counter() - t
+    err = error_of(model, refs, checks)
+    ok, why = onnx_ok(model, x)
+    return {
+        "groups": n_groups,
+        "removable_fraction": round(n_struct / total, 4),
+        "removed_fraction": round(1 - out_channels(model) / total, 4),
+        "exact": err <= ATOL,
+        "max_error": err,
+        "onnx": ok,
+        **({"onnx_error": why} if why else {}),
+        "seconds": round(seconds, 2),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+def run_model(tv: Any, name: str, quick: bool, seed: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    base, x = build(tv, name, quick)
+    rec: dict[str, Any] = {
+        "model": name,
+        "input": list(x.shape),
+        "params": sum(p.numel() for p in base.parameters()),
+    }
+    t = time.perf_counter()
+    try:
+        g = trace(base, x)
+    except Exception as e:
+        rec["traceable"] = False
+        rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        return rec
+    rec["traceable"] = True
+    rec["tracer"] = g.tracer
+    rec["trace_seconds"] = round(time.perf_counter() - t, 2)
+    groups = groups_of(g)
+    total = out_channels(base)
+    removable = sum(
+        int(lab) not in g.frozen for mod in g.producer_modules() for lab in g.out_labels(mod)
+    )
+    rec.update(
+        groups=len(groups),
+        out_channels=total,
+        removable_fraction=round(removable / total, 4),
+        unsupported=sorted({why for _, _, why in g.unsupported})[:8],
+    )
+    del g
+    chosen = random.Random(seed).sample(groups, len(groups) // 2)
+    widths = producer_widths(base)
+    zeroed = 0
+    for grp in chosen:  # output channels in the zeroed groups
+        zeroed += sum(
+            len(s.index)
+            for s in grp.slices
+            if s.role == "out" and s.module in widths and s.param in ("weight", "in_proj_weight")
+        )
+    rec["zeroed_fraction"] = round(zeroed / total, 4)
+    for variant, filters_only in (("filters+bn", False), ("filters", True)):
+        model = copy.deepcopy(base)
+        zero_groups(model, chosen, filters_only)
+        checks = [(x,), fresh_inputs((x,), 0)]
+        refs = [outputs(model, c) for c in checks]
+        rec[variant] = {
+            "archdiscover": run_ours(model, x, zeroed if not filters_only else 0, total),
+            "torch_pruning": run_tp(model, x, total, refs, checks),
+        }
+        del model
+        gc.collect()
+    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    return rec
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """The README table: archdiscover and Torch-Pruning side by side (filters + BN zeroed)."""
+
+    def yn(v: Any) -> str:
+        return "yes" if v else "no"
+
+    lines = [
+        "| model | groups (ours / TP) | removable % (ours / TP) | removed % (ours / TP) "
+        "| exact (ours / TP) | ONNX (ours / TP) | seconds (ours / TP) | filters only: removed % "
+        "(ours / TP), exact (ours / TP) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        if not r.get("traceable"):
+            lines.append(f"| {r['model']} | not traceable: {r.get('error', '')[:60]} | | | | | | |")
+            continue
+        a, b = r["filters+bn"]["archdiscover"], r["filters+bn"]["torch_pruning"]
+        fa, fb = r["filters"]["archdiscover"], r["filters"]["torch_pruning"]
+
+        def pct(d: dict, k: str) -> str:
+            return f"{100 * d[k]:.1f}" if k in d else "-"
+
+        exact_a = yn(a.get("strict_exact")) + ("" if a.get("minimal", True) else " (not minimal)")
+        lines.append(
+            f"| {r['model']} | {r['groups']} / {b.get('groups', '-')} "
+            f"| {100 * r['removable_fraction']:.1f} / {pct(b, 'removable_fraction')} "
+            f"| {pct(a, 'removed_fraction')} / {pct(b, 'removed_fraction')} "
+            f"| {exact_a} / {yn(b.get('exact'))} | {yn(a.get('onnx'))} / {yn(b.get('onnx'))} "
+            f"| {a.get('seconds', '-')} / {b.get('seconds', '-')} "
+            f"| {pct(fa, 'removed_fraction')} / {pct(fb, 'removed_fraction')}, "
+            f"{yn(fa.get('strict_exact'))} / {yn(fb.get('exact'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in records if r.get("traceable")]
+    fb = [r["filters+bn"] for r in ok]
+    fo = [r["filters"] for r in ok]
+
+    def count(rows: list[dict], tool: str, key: str) -> int:
+        return sum(bool(x[tool].get(key)) for x in rows)
+
+    ge = sum(
+        x["archdiscover"].get("removed_fraction", 0)
+        >= (x["torch_pruning"].get("removed_fraction", 0) if x["torch_pruning"].get("exact") else 0)
+        for x in fb
+    )
+    return {
+        "models": len(records),
+        "traceable": len(ok),
+        "filters+bn": {
+            "archdiscover_strict_exact": count(fb, "archdiscover", "strict_exact"),
+            "archdiscover_minimal": count(fb, "archdiscover", "minimal"),
+            "archdiscover_onnx": count(fb, "archdiscover", "onnx"),
+            "torch_pruning_exact": count(fb, "torch_pruning", "exact"),
+            "torch_pruning_onnx": count(fb, "torch_pruning", "onnx"),
+            "removed_at_least_exact_torch_pruning": ge,
+        },
+        "filters": {
+            "archdiscover_strict_exact": count(fo, "archdiscover", "strict_exact"),
+            "archdiscover_onnx": count(fo, "archdiscover", "onnx"),
+            "torch_pruning_exact": count(fo, "torch_pruning", "exact"),
+        },
+        "seconds": round(sum(r.get("seconds", 0) for r in records), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="two small models at 32 px")
+    ap.add_argument("--models", help="comma-separated model names (default: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=pathlib.Path, help="JSON file (default docs/results/zoo.json)")
+    args = ap.parse_args(argv)
+    try:
+        tv = import_torchvision()
+    except Exception as e:
+        print(json.dumps({"skipped": f"torchvision is not importable: {e}"}))
+        return 0
+    names = (
+        args.models.split(",")
+        if args.models
+        else ["squeezenet1_1", "shufflenet_v2_x0_5"]
+        if args.quick
+        else model_names(tv)
+    )
+    records = []
+    for name in tqdm(names, desc="zoo", file=sys.stderr):
+        try:
+            records.append(run_model(tv, name, args.quick, args.seed))
+        except Exception as e:
+            traceback.print_exc()
+            records.append({"model": name, "traceable": False, "error": f"{type(e).__name__}: {e}"})
+        gc.collect()
+    result = {"experiment": "zoo", "atol": ATOL, "summary": summary(records), "models": records}
+    text = json.dumps(result, indent=1, default=str)
+    print(text)
+    if not args.quick:
+        out = args.out or ROOT / "docs" / "results" / "zoo.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        out.with_suffix(".md").write_text(table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
