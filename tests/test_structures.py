@@ -725,3 +725,41 @@ def test_dict_outputs_and_adaptive_pooling_export(tmp_path):
         ref = flat(m(fresh))
     for r, o in zip(ref, sess.run(None, {sess.get_inputs()[0].name: fresh.numpy()}), strict=True):
         assert float(np.abs(o - r.numpy()).max()) <= 1e-5 * max(1.0, float(r.abs().max()))
+
+
+class TorchTransformer(nn.Module):
+    """PyTorch's own encoder and decoder layers (fx leaves, traced through their slow path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoderLayer(16, 2, 24, batch_first=True, norm_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        memory = self.encoder(self.embed(x))
+        return self.head(self.decoder(memory, memory).mean(1))
+
+
+def test_pytorch_transformer_layers_lose_hidden_units_and_heads(tmp_path):
+    torch.manual_seed(0)
+    m = randomize(TorchTransformer())
+    x = torch.randn(2, 5, 6)
+    rep = ad.inspect(m, x)
+    assert rep.layers["encoder.layers.0.linear1"] == (32, 32)
+    assert rep.layers["encoder.layers.1.self_attn"] == (48, 48)  # 4 heads of 4 (q, k, v)
+    assert rep.layers["decoder.multihead_attn"] == (48, 48)
+    heads = groups_of(m, x, "encoder.layers.1.self_attn")
+    assert len(heads) == 4
+    zero(m, heads[1:3] + groups_of(m, x, "encoder.layers.0.linear1")[:10])
+    zero(m, groups_of(m, x, "decoder.linear1")[3:9])
+    c = check(
+        m,
+        x,
+        {"encoder.layers.0.linear1": 22, "encoder.layers.1.self_attn": 24, "decoder.linear1": 18},
+        tmp_path,
+    )
+    attn = c.model.encoder.layers[1].self_attn
+    assert attn.num_heads == 2 and attn.head_dim == 4

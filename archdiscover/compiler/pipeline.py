@@ -224,9 +224,13 @@ def compile_once(
     changed = rewrite_sizes(g, p.remove)
     attributes = update_attributes(g, work, changed)
     # the user's class when it computes the new sizes itself, else the rewritten graph
-    choices: list[nn.Module] = (
-        [g.gm] if dropped else [work, _rooted(work, g.gm)] if g.sizes and p.remove else [work]
-    )
+    if dropped:
+        choices: list[nn.Module] = [_rooted(work, g.gm)]
+        choices[0].delete_all_unused_submodules()  # type: ignore[operator]
+    elif g.sizes and p.remove:
+        choices = [work, _rooted(work, g.gm)]
+    else:
+        choices = [work]
     worst, out_model, failure = None, choices[-1], ""
     for cand in choices:
         if isinstance(cand, torch.fx.GraphModule):

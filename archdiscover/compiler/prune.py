@@ -5,7 +5,7 @@ are narrowed with its functions, so their attributes (``out_channels``, ``in_fea
 ``groups`` ...) follow; a grouped convolution loses the same positions in every group
 (``groups`` stays); a depthwise convolution with a channel multiplier loses whole groups.
 ``nn.MultiheadAttention`` loses whole heads and becomes a
-:class:`~archdiscover.compiler.layers.PrunedMultiheadAttention`. Any other sliced tensor (a
+:class:`~archdiscover.layers.PrunedMultiheadAttention`. Any other sliced tensor (a
 parameter or buffer a module uses directly: a per-channel scale, a class token, a position
 embedding, the statistics of a hand-written normalization) is cut along its dim.
 """
@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from ..graph import ops
 from ..graph.trace import ChannelGraph
+from ..layers import narrow_multihead_attention
 from .errors import CompileError
-from .layers import narrow_multihead_attention
 
 __all__ = ["count", "prune"]
 

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from .._io import save_atomic
 from ..graph import ops
+from ..layers import PrunedMultiheadAttention
 from .errors import CompileError
-from .layers import PrunedMultiheadAttention
 
 __all__ = [
     "ALLOWED_METHODS",

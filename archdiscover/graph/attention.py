@@ -8,7 +8,7 @@ query, key and value channels each; the output projection ``out_proj`` reads the
 value channels and makes the output embedding. One group per head holds the head's query,
 key and value rows (and biases) and ``out_proj``'s columns for it: a head whose value rows
 are zero (or whose output columns are) contributes nothing and goes whole, with the
-module's head count updated (:class:`archdiscover.compiler.layers.PrunedMultiheadAttention`
+module's head count updated (:class:`archdiscover.layers.PrunedMultiheadAttention`
 computes with ``num_heads * head_dim != embed_dim``).
 
 The heads' output channels before ``out_proj`` are a virtual node ``<node>.heads`` for the
@@ -50,8 +50,10 @@ def trace_multihead_attention(t: _SlotTracer, mod: nn.MultiheadAttention) -> Non
     if not all(isinstance(x, torch.fx.Node) and shape_of(x) is not None for x in (q, k, v)):
         t.opaque("MultiheadAttention with inputs the tracer cannot follow")
         return
+    from ..layers import PrunedMultiheadAttention
+
     why = None
-    if not mod._qkv_same_embed_dim:
+    if not mod._qkv_same_embed_dim and not isinstance(mod, PrunedMultiheadAttention):
         why = "separate query / key / value projections (kdim, vdim)"
     elif mod.bias_k is not None or mod.add_zero_attn:
         why = "add_bias_kv or add_zero_attn"

@@ -306,8 +306,10 @@ def symbolic_trace(model: nn.Module) -> torch.fx.GraphModule:
     """``torch.fx.symbolic_trace`` with a clear :class:`TraceError` naming the model."""
     if isinstance(model, torch.fx.GraphModule):
         return model
+    from .fx_tracer import fx_trace
+
     try:
-        return torch.fx.symbolic_trace(model)
+        return fx_trace(model)
     except Exception as e:  # fx raises TraceError, TypeError, AttributeError, ...
         raise TraceError(
             f"cannot trace {type(model).__name__} with torch.fx: {type(e).__name__}: {e}. "

@@ -41,7 +41,9 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
         inner = num_heads * head_dim
         self.embed_dim = embed_dim
         self.kdim = self.vdim = embed_dim
-        self._qkv_same_embed_dim = True
+        # False keeps PyTorch's fused fast paths (nn.TransformerEncoderLayer's among them),
+        # which assume num_heads * head_dim == embed_dim, away from this module
+        self._qkv_same_embed_dim = False
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.out_dim = out_dim
@@ -139,6 +141,7 @@ def narrow_multihead_attention(mod: nn.MultiheadAttention, num_heads: int) -> No
     :class:`PrunedMultiheadAttention` of ``num_heads`` heads, in place."""
     head_dim = mod.head_dim
     mod.__class__ = PrunedMultiheadAttention
+    mod._qkv_same_embed_dim = False  # no fused fast path (see PrunedMultiheadAttention)
     mod.num_heads = num_heads
     mod.head_dim = head_dim
     mod.embed_dim = mod.kdim = mod.vdim = int(mod.in_proj_weight.shape[1])
