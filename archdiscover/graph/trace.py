@@ -282,7 +282,7 @@ class ChannelGraph:
         if self._out_labels is None:
             outs: dict[str, np.ndarray] = {}
             for m in self.members:
-                if m.role == "out" and m.module not in outs and m.dim == _out_dim(m):
+                if m.role == "out" and m.module not in outs and not m.param.endswith("bias"):
                     outs[m.module] = self.labels[m.slots]
             self._out_labels = outs
         return self._out_labels
@@ -293,10 +293,6 @@ class ChannelGraph:
             if n.name == name:
                 return n
         raise KeyError(name)
-
-
-def _out_dim(m: Member) -> int:
-    return m.dim  # the first "out" member of a module is its weight's output side
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1118,6 +1114,14 @@ class _SlotTracer:
             self.opaque(what)
             return False
         axes, gather = res
+        shape = self.shape
+        if (
+            shape is None
+            or any(a >= len(shape) for a in axes)
+            or len(gather) != math.prod(shape[a] for a in axes)
+        ):  # the layout does not match the recorded output shape: do not guess
+            self.opaque(what)
+            return False
         info = self.info("layout", inputs=[x.name])
         info.detail["gather"] = gather
         self.set_out(xs[gather] if xs is not None else None, axes, self.g.untracked.get(x.name))
@@ -1197,9 +1201,10 @@ class _SlotTracer:
             len(xs) if xs is not None else 0
         )
         self.set_out(xs, tuple(a + off for a in xa), self.g.untracked.get(x.name))
-        refs = _shape_refs(self.node, len(self.shape))
-        if xs is not None and refs is not None:
-            self.g.sizes[self.node.name] = [("shape", refs, tuple(a + off for a in xa))]
+        if self.node.target in ("expand", torch.broadcast_to):  # sizes (repeat: counts)
+            refs = _shape_refs(self.node, len(self.shape))
+            if xs is not None and refs is not None:
+                self.g.sizes[self.node.name] = [("shape", refs, tuple(a + off for a in xa))]
 
     def getitem(self) -> None:
         node = self.node
@@ -1227,29 +1232,15 @@ class _SlotTracer:
             self.pass_through(x, "layout")
             self.g.info[node.name].detail["gather"] = np.zeros(0, dtype=np.int64)
             return
-        # a computed slice bound or a dynamic int on a channel dim cannot be followed
         plain = [slice(None) if isinstance(i, tuple) else i for i in norm]
         res = layout.index(xshape, xa, plain)
         if res is None:
             self.opaque("indexing the tracer cannot follow")
             return
         lay, ints, cuts = res
-        # which input dim does each index entry hit (for computed bounds / dynamic ints)
-        d = 0
-        pos_of: list[int | None] = []
-        ell = [i is Ellipsis for i in norm]
-        n_real = sum(1 for i in norm if i is not None and i is not Ellipsis)
-        for i in norm:
-            if i is None:
-                pos_of.append(None)
-            elif i is Ellipsis:
-                pos_of.append(None)
-                d += len(xshape) - n_real
-            else:
-                pos_of.append(d)
-                d += 1
+        # a computed bound or a dynamic int index on a channel dim cannot be followed
         for i, (entry, orig) in enumerate(zip(norm, items, strict=True)):
-            dim = pos_of[i]
+            dim = _slice_position_dim(norm, i, len(xshape))
             if dim is None or dim not in xa:
                 continue
             if isinstance(entry, tuple) or (
@@ -1257,7 +1248,6 @@ class _SlotTracer:
             ):
                 self.opaque("indexing a channel dimension with computed bounds")
                 return
-        del ell
         grid = xs.reshape(layout.grid_shape(xshape, xa))
         self.g.couple(grid, ints)
         if not self.layout_out(x, lay, "indexing"):
@@ -1725,6 +1715,23 @@ def _tuple_args(
         if items:
             out.append([it for it in items if it is not None and it[0] is not None])  # type: ignore[misc]
     return out
+
+
+def _slice_position_dim(norm: list[Any], pos: int, nd: int) -> int | None:
+    """The input dim that entry ``pos`` of the index tuple indexes (None for None / ...)."""
+    n_real = sum(1 for i in norm if i is not None and i is not Ellipsis)
+    d = 0
+    for p, i in enumerate(norm):
+        if i is None or i is Ellipsis:
+            if p == pos:
+                return None
+            if i is Ellipsis:
+                d += nd - n_real
+            continue
+        if p == pos:
+            return d
+        d += 1
+    return None
 
 
 def _slice_position(norm: list[Any], dim: int, nd: int) -> int:
