@@ -22,6 +22,7 @@ seconds. Prints JSON, writes ``docs/results/zoo.json`` and the README table
     python benchmarks/zoo.py                    # all models, about 30 minutes on 2 cores
     python benchmarks/zoo.py --models resnet18,vit_b_16
     python benchmarks/zoo.py --quick            # two small models, seconds
+    python benchmarks/zoo.py --resume           # go on after a cut run (per-model lines kept)
 
 Inputs are small where the model allows (64 x 64; ViT built for 64 px, 56 px for
 ViT-H/14; Inception-v3 96 px; MaxViT needs 224 px). torchvision's PyPI wheel is built
@@ -66,7 +67,7 @@ from archdiscover.verify import fresh_inputs, max_error, outputs  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ATOL = 1e-4
-TP_SECONDS = 60  # Torch-Pruning's dependency graph of Swin grows past 8 GB over minutes
+TP_SECONDS = 30  # Torch-Pruning's dependency graph of Swin grows past 8 GB over minutes
 _LIB: Any = None  # keeps the torchvision op schemas alive
 
 
@@ -124,7 +125,18 @@ def import_torchvision() -> Any:
 
 
 def model_names(tv: Any) -> list[str]:
-    return tv.list_models(module=tv) + tv.list_models(module=tv.segmentation)
+    """Every classification and segmentation model: one of each family first (so that a
+    run cut short has covered every structure), then the rest."""
+    names = tv.list_models(module=tv) + tv.list_models(module=tv.segmentation)
+    first = [
+        "resnet18", "resnext50_32x4d", "regnet_x_400mf", "regnet_y_400mf", "mobilenet_v2",
+        "mobilenet_v3_small", "mnasnet0_5", "googlenet", "inception_v3", "shufflenet_v2_x0_5",
+        "squeezenet1_1", "swin_t", "swin_v2_t", "maxvit_t", "vgg11_bn", "vit_b_32",
+        "wide_resnet50_2", "fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
+        "lraspp_mobilenet_v3_large",
+    ]  # fmt: skip
+    first = [n for n in first if n in names]
+    return first + [n for n in names if n not in first]
 
 
 def build(tv: Any, name: str, quick: bool) -> tuple[nn.Module, torch.Tensor]:
@@ -201,7 +213,9 @@ def error_of(model: nn.Module, refs: list[list[torch.Tensor]], checks: list[tupl
 # ---------------------------------------------------------------------------------------------
 # archdiscover
 # ---------------------------------------------------------------------------------------------
-def run_ours(model: nn.Module, x: torch.Tensor, zeroed: int, total: int) -> dict[str, Any]:
+def run_ours(
+    model: nn.Module, x: torch.Tensor, zeroed: int, total: int, onnx: bool = True
+) -> dict[str, Any]:
     t = time.perf_counter()
     try:
         c = ad.compile(model, x, atol=ATOL, strict=True)
@@ -221,7 +235,7 @@ def run_ours(model: nn.Module, x: torch.Tensor, zeroed: int, total: int) -> dict
         return rec
     seconds = time.perf_counter() - t
     after = sum(b for _, b in c.report.layers.values())
-    ok, why = onnx_ok(c.model, x)
+    ok, why = onnx_ok(c.model, x) if onnx else (None, "")
     return {
         "strict_exact": c.report.max_error <= ATOL,
         "max_error": c.report.max_error,
@@ -447,7 +461,7 @@ def run_model(tv: Any, name: str, quick: bool, seed: int) -> dict[str, Any]:
         zero_groups(model, chosen, filters_only)
         checks = [(x,), fresh_inputs((x,), 0)]
         refs = [outputs(model, c) for c in checks]
-        ours = run_ours(model, x, zeroed if not filters_only else 0, total)
+        ours = run_ours(model, x, zeroed if not filters_only else 0, total, not filters_only)
         failed = rec.get("filters+bn", {}).get("torch_pruning", {}).get("error")
         theirs = (
             {"error": f"skipped: failed with filters+bn ({failed[:80]})"}
@@ -563,6 +577,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", help="comma-separated model names (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, help="JSON file (default docs/results/zoo.json)")
+    ap.add_argument("--resume", action="store_true", help="keep the models of a cut run")
+    ap.add_argument(
+        "--report-only", action="store_true", help="write JSON and table from a cut run's lines"
+    )
     args = ap.parse_args(argv)
     limit_memory()
     try:
@@ -577,19 +595,44 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick
         else model_names(tv)
     )
+    out = args.out or ROOT / "docs" / "results" / "zoo.json"
+    partial = out.with_suffix(".partial.jsonl")  # one line per model, so a cut run keeps them
+    done: dict[str, dict[str, Any]] = {}
+    if args.resume and partial.is_file():
+        for line in partial.read_text().splitlines():
+            r = json.loads(line)
+            done[r["model"]] = r
     records = []
+    if args.report_only:
+        for line in partial.read_text().splitlines() if partial.is_file() else []:
+            r = json.loads(line)
+            done[r["model"]] = r
+        names = [n for n in names if n in done]
     for name in tqdm(names, desc="zoo", file=sys.stderr):
+        if name in done:
+            records.append(done[name])
+            continue
         try:
-            records.append(run_model(tv, name, args.quick, args.seed))
+            rec = run_model(tv, name, args.quick, args.seed)
         except Exception as e:
             traceback.print_exc()
-            records.append({"model": name, "traceable": False, "error": f"{type(e).__name__}: {e}"})
+            rec = {"model": name, "traceable": False, "error": f"{type(e).__name__}: {e}"}
+        records.append(rec)
+        if not args.quick:
+            with open(partial, "a") as f:
+                f.write(json.dumps(rec, default=str) + "\n")
         gc.collect()
-    result = {"experiment": "zoo", "atol": ATOL, "summary": summary(records), "models": records}
+    missing = [n for n in model_names(tv) if n not in {r["model"] for r in records}]
+    result = {
+        "experiment": "zoo",
+        "atol": ATOL,
+        "summary": summary(records),
+        "not_run": [] if args.models or args.quick else missing,
+        "models": records,
+    }
     text = json.dumps(result, indent=1, default=str)
     print(text)
     if not args.quick:
-        out = args.out or ROOT / "docs" / "results" / "zoo.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
         out.with_suffix(".md").write_text(table(records))
