@@ -622,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(partial, "a") as f:
                 f.write(json.dumps(rec, default=str) + "\n")
         gc.collect()
+    records.sort(key=lambda r: str(r["model"]))
     missing = [n for n in model_names(tv) if n not in {r["model"] for r in records}]
     result = {
         "experiment": "zoo",
