@@ -139,10 +139,10 @@ def test_zoo_benchmark_quick():
         timeout=600,
     )
     data = json.loads(out.stdout)
-    assert [r["model"] for r in data["models"]] == ["squeezenet1_1", "shufflenet_v2_x0_5"]
+    assert sorted(r["model"] for r in data["models"]) == ["shufflenet_v2_x0_5", "squeezenet1_1"]
     for r in data["models"]:
         ours = r["filters+bn"]["archdiscover"]
         assert ours["strict_exact"] and ours["minimal"] and ours["onnx"]
-        assert ours["removed_fraction"] == r["zeroed_fraction"] > 0.1
+        assert ours["removed_fraction"] >= r["zeroed_fraction"] > 0.1  # dead ones go too
         assert r["filters"]["archdiscover"]["strict_exact"]
     assert data["summary"]["filters+bn"]["archdiscover_strict_exact"] == 2
