@@ -80,14 +80,17 @@ def _device(name: str) -> torch.device:
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The supernet ``cfg.model`` with ``cfg.model_args`` (checked against its signature)."""
-    from .. import models
+    """The model ``cfg.model`` (a registered supernet, its arguments checked against its
+    signature, or ``package.module:factory``) with ``cfg.model_args``."""
+    from . import resolve
 
     try:
-        return models.build(cfg.model, **cfg.model_args)
+        return resolve.build(cfg.model, cfg.model_args)
     except (TypeError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"config: bad model_args for model {cfg.model!r}: {first}") from None
+        if f"model {cfg.model!r}" not in first:
+            first = f"bad model_args for model {cfg.model!r}: {first}"
+        raise ConfigError(f"config: {first}") from None
 
 
 def _check_fits(model: nn.Module, cfg: TrainConfig, split: _data.Split, x: Tensor) -> None:
@@ -507,12 +510,12 @@ def _evaluate(
 
 def load_trained(run_dir: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """The final model of a finished run (``run_dir/model.pt``) and its metadata."""
-    from .. import models
+    from . import resolve
 
     path = pathlib.Path(run_dir) / "model.pt"
     meta = load_checkpoint(path, kind="model file")
     try:
-        model = models.build(meta["model"], **meta["model_args"])
+        model = resolve.build(meta["model"], meta["model_args"])
         model.load_state_dict(meta["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"model file {path} does not fit its model: {e}") from None
