@@ -3,7 +3,7 @@
 from .autoencoder import ConvAutoencoder, DenseAutoencoder
 from .convnet import ConvNet
 from .mlp import MLP
-from .registry import available, build, register
+from .registry import available, build, check_args, register
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .skip import SkipAutoencoder, SkipConvAutoencoder
 
@@ -19,5 +19,6 @@ __all__ = [
     "SkipConvAutoencoder",
     "available",
     "build",
+    "check_args",
     "register",
 ]

@@ -44,7 +44,14 @@ from ..graph.gates import Gate, drop_gated_terms, find_gates
 from ..graph.trace import ChannelGraph, shape_of, trace
 from .analysis import ValueAnalysis
 
-__all__ = ["Connection", "TopologyResult", "layer_graph", "simplify"]
+__all__ = [
+    "Connection",
+    "TopologyResult",
+    "delete_unused_tensors",
+    "layer_graph",
+    "simplify",
+    "summarize",
+]
 
 _LAYERS = (nn.Linear, *ops.CONV, *ops.CONV_TRANSPOSE)
 
@@ -405,7 +412,7 @@ def _constant_linears(g: ChannelGraph) -> list[str]:
     return done
 
 
-def _delete_unused_tensors(gm: torch.fx.GraphModule) -> None:
+def delete_unused_tensors(gm: torch.fx.GraphModule) -> None:
     """Delete the parameters and buffers no node uses any more (e.g. the gates of a block
     whose connections all went): neither read by ``get_attr`` nor owned by a called module.
     The compact model's state dict then holds only what it computes with."""
@@ -459,7 +466,7 @@ def simplify(g: ChannelGraph, a: ValueAnalysis) -> TopologyResult:
         gm.graph.eliminate_dead_code()
         gm.recompile()
         gm.delete_all_unused_submodules()
-        _delete_unused_tensors(gm)
+        delete_unused_tensors(gm)
         alive = {n.name for n in gm.graph.nodes}
         after = {
             str(n.target) for n in gm.graph.nodes if _layer_of(n, gm) and n.op == "call_module"
