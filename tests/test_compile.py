@@ -370,6 +370,34 @@ def test_all_zero_residual_branch_disappears(tmp_path):
         assert torch.equal(again(x), c.model(x))
 
 
+def test_constant_residual_branch_becomes_a_buffer(tmp_path):
+    """A bottleneck whose first layer died (its filters and BN zero) while the second keeps
+    positive BN shifts: the branch outputs a per-channel constant. Its layers go, the
+    constant stays as one buffer (narrowed with the residual stream), every zeroed channel
+    is removed, and the file reloads."""
+    torch.manual_seed(0)
+    kw = dict(block=Bottleneck, layers=(2,), widths=(4,), strides=(1,), num_classes=3)
+    m = randomize(ResNet(**kw))
+    blk = m.stages[0][1]
+    with torch.no_grad():
+        blk.conv1.weight.zero_()
+        blk.bn1.weight.zero_()
+        blk.bn1.bias.zero_()
+        blk.bn2.bias.abs_().add_(0.1)  # relu(bn2(0)) = bn2's shift > 0: constant, not zero
+    x = torch.randn(2, 3, 16, 16)
+    c = check(m, x, None, {"stages.0.1.conv1": 0, "stages.0.1.conv2": 0}, tmp_path)
+    assert c.report.dropped_branches == ["stages.0.1"]
+    assert c.report.depth_after == c.report.depth_before - 3
+    consts = dict(c.model.named_buffers())
+    (name,) = [k for k in consts if k.startswith("_archdiscover_const_")]
+    stream = c.report.layers["stages.0.0.conv3"][1]
+    assert consts[name].shape == (1, stream, 1, 1)
+    path = c.save(tmp_path / "c.pt")
+    again = ad.load_compiled(path, lambda: ResNet(**kw))
+    with torch.no_grad():
+        assert torch.equal(again(x), c.model(x))
+
+
 def test_save_load_plain_model(tmp_path):
     torch.manual_seed(0)
     m = randomize(ConvNet(in_channels=1, channels=(6, 8), hidden=12, num_classes=4))

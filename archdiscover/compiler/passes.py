@@ -1,7 +1,10 @@
 """The compiler's passes over a traced graph: drop zero branches, plan, round, fold.
 
 * :func:`drop_zero_branches` -- a residual ``a + b`` whose branch ``b`` is constant zero
-  everywhere becomes ``a``; the branch's layers disappear (depth).
+  everywhere becomes ``a``; one whose every channel is structurally constant (a block whose
+  inner layer died, leaving its BatchNorm shifts) becomes ``a + c`` with ``c`` the
+  per-channel constants as a buffer, broadcast over the other dims. Either way the branch's
+  layers disappear (depth).
 * :func:`plan` -- per coupled channel group: remove it when (a) it reaches every consumer as
   exact zeros, (b) every consumer's input weights for it are zero (dead downstream), or
   (c) it reaches every consumer as a constant that folds exactly: into a Linear's bias, or a
@@ -27,8 +30,10 @@ from torch import Tensor, nn
 from ..graph import ops
 from ..graph.trace import ChannelGraph, Member, Producer
 from .analysis import ValueAnalysis, producer_weight
+from .serialize import CONST_PREFIX
 
 __all__ = [
+    "CONST_PREFIX",
     "Plan",
     "drop_zero_branches",
     "fold_constants",
@@ -63,11 +68,53 @@ def drop_zero_branches(g: ChannelGraph, a: ValueAnalysis) -> list[str]:
                 gm.graph.erase_node(node)
                 dropped.append(_branch_name(zero))
                 break
+            c = _constant_branch(g, a, zero, node)
+            if c is not None:
+                attr = _fresh_name(gm, CONST_PREFIX)
+                gm.register_buffer(attr, c)
+                with gm.graph.inserting_before(node):
+                    ref = gm.graph.get_attr(attr)
+                node.replace_input_with(zero, ref)
+                dropped.append(_branch_name(zero))
+                break
     if dropped:
         gm.graph.eliminate_dead_code()
         gm.recompile()
         gm.delete_all_unused_submodules()
     return dropped
+
+
+def _fresh_name(gm: torch.fx.GraphModule, prefix: str) -> str:
+    i = 0
+    while hasattr(gm, f"{prefix}{i}"):
+        i += 1
+    return f"{prefix}{i}"
+
+
+def _constant_branch(
+    g: ChannelGraph, a: ValueAnalysis, branch: torch.fx.Node, node: torch.fx.Node
+) -> Tensor | None:
+    """The per-channel constants of ``branch`` (shaped to broadcast: size 1 on every dim but
+    the channel dim) when ``branch`` is computed from the model's inputs yet structurally
+    constant in every channel, with the shape of the sum ``node``; else ``None``."""
+    if branch.op in ("get_attr", "placeholder") or a.indep.get(branch.name, True):
+        return None
+    c = a.const.get(branch.name)
+    axes = g.axes.get(branch.name)
+    v = a.values.get(branch.name)
+    if c is None or not len(c) or not c.all() or axes is None or len(axes) != 1:
+        return None
+    if not isinstance(v, Tensor) or g.shapes.get(branch.name) != g.shapes.get(node.name):
+        return None
+    ax = axes[0] % v.dim()
+    index = [0] * v.dim()
+    index[ax] = slice(None)
+    shape = [1] * v.dim()
+    shape[ax] = v.shape[ax]
+    const = v[tuple(index)].reshape(shape).detach().clone()
+    if not torch.equal(const.expand_as(v), v):  # belt and braces: it must be what it computed
+        return None
+    return const
 
 
 def _branch_name(node: torch.fx.Node) -> str:

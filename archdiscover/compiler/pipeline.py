@@ -314,6 +314,10 @@ def compile_once(
 def _rooted(model: nn.Module, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """``gm``'s graph over ``model``'s own submodules (so ``compiled.model.blocks[0].attn``
     is the user's attention module, with its updated head count), named after its class."""
+    for node in gm.graph.nodes:  # buffers the passes created (constant branches)
+        if node.op == "get_attr" and str(node.target).startswith(passes.CONST_PREFIX):
+            if not hasattr(model, node.target):
+                model.register_buffer(node.target, getattr(gm, node.target))
     out = torch.fx.GraphModule(model, gm.graph, class_name=type(model).__name__)
     for name, child in model.named_children():
         setattr(out, name, child)

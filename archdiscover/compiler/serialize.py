@@ -143,6 +143,10 @@ LAYER_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in _SPECS}
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+CONST_PREFIX = "_archdiscover_const_"
+"""Prefix of the buffers the compiler creates for constant residual branches (top level of
+the model; a file may create tensors with such a name, and only such)."""
+_CONST = re.compile(rf"^{CONST_PREFIX}[0-9]{{1,6}}$")
 
 
 def _plain(x: Any) -> Any:
@@ -532,9 +536,10 @@ def save_compiled(
     return save_atomic(payload, path)
 
 
-def _resize_tensors(where: str, model: nn.Module, shapes: Any) -> None:
+def _resize_tensors(where: str, model: nn.Module, shapes: Any, state: dict[str, Any]) -> None:
     """Give tensors outside the rebuilt layers their saved shapes (values come with the
-    state dict); every name must be a parameter or buffer of the model, every size an int."""
+    state dict); every name must be a parameter or buffer of the model (or one of the
+    compiler's constant buffers, created here), every size an int."""
     if not isinstance(shapes, dict):
         raise ValueError(f"{where}: 'tensors' must map tensor names to shapes")
     for name, shape in shapes.items():
@@ -547,6 +552,12 @@ def _resize_tensors(where: str, model: nn.Module, shapes: Any) -> None:
         )
         if not ok:
             raise ValueError(f"{where}: bad tensor shape entry {name!r}: {shape!r}")
+        if _CONST.match(name) and not hasattr(model, name):
+            saved = state.get(name)
+            if not isinstance(saved, Tensor) or not saved.is_floating_point():
+                raise ValueError(f"{where}: constant {name!r} has no floating-point values")
+            model.register_buffer(name, torch.empty(shape, dtype=saved.dtype))
+            continue
         owner, _, attr = name.rpartition(".")
         try:
             m = model.get_submodule(owner)
@@ -636,7 +647,7 @@ def load_compiled(path: str | os.PathLike, build: Callable[[], nn.Module]) -> nn
                 f"{where}: layer {name!r} does not exist in the model built by {build!r}"
             ) from None
         _set_submodule(model, name, _build_module(where, name, spec, existing))
-    _resize_tensors(where, model, payload.get("tensors", {}))
+    _resize_tensors(where, model, payload.get("tensors", {}), state)
     _set_attributes(where, model, payload.get("attributes", {}))
     if payload["graph"] is not None:
         graph = _Decoder(where, model).graph(payload["graph"])
