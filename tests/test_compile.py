@@ -445,11 +445,11 @@ def test_round_to_auto_measures_and_reports(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # loud failures and inspection
 # ---------------------------------------------------------------------------------------------
-class WithLayerNorm(nn.Module):
+class WithGroupNorm(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc1 = nn.Linear(6, 8)
-        self.norm = nn.LayerNorm(8)
+        self.norm = nn.GroupNorm(2, 8)
         self.fc2 = nn.Linear(8, 2)
 
     def forward(self, x):
@@ -458,20 +458,22 @@ class WithLayerNorm(nn.Module):
 
 def test_unsupported_operation_fails_loudly():
     torch.manual_seed(0)
-    m = WithLayerNorm().eval()
+    m = WithGroupNorm().eval()
     with torch.no_grad():
         m.fc1.weight[3] = 0
         m.fc1.bias[3] = 0
+        m.norm.weight[3] = 0
+        m.norm.bias[3] = 0  # channel 3 is exactly zero before and after the norm
     x = torch.randn(3, 6)
-    with pytest.raises(CompileError, match="LayerNorm 'norm'"):
+    with pytest.raises(CompileError, match="channel 3 of 'fc1' is exactly zero but GroupNorm"):
         ad.compile(m, x)
     c = ad.compile(m, x, strict=False)  # kept, counted, still exact
     assert c.report.layers["fc1"] == (8, 8)
-    assert any("LayerNorm" in k for k in c.report.kept)
+    assert any("GroupNorm" in k for k in c.report.kept)
     rep = ad.inspect(m, x)
-    assert rep.traceable and any("LayerNorm" in op for _, op, _ in rep.unsupported)
+    assert rep.traceable and any("GroupNorm" in op for _, op, _ in rep.unsupported)
     assert rep.layers["fc1"] == (0, 8)
-    assert "LayerNorm" in str(rep)
+    assert "GroupNorm" in str(rep)
 
 
 class Untraceable(nn.Module):

@@ -306,22 +306,106 @@ class NormMix(nn.Module):
         return self.fc3(F.gelu(self.fc2(h)))
 
 
-def test_channel_mixing_norms_block_the_stream_only(tmp_path):
+def test_group_norm_blocks_the_stream_layer_norm_passes_zero_channels(tmp_path):
     torch.manual_seed(0)
     m = randomize(NormMix())
     x = torch.randn(2, 3, 8, 8)
     rep = ad.inspect(m, x)
     assert rep.layers["c1"] == (0, 8) and rep.layers["c3"] == (0, 8)
-    assert rep.layers["fc1"] == (0, 12)
+    assert rep.layers["fc1"] == (12, 12)  # through the LayerNorm: zero channels can go
     assert rep.layers["c2"] == (10, 10) and rep.layers["fc2"] == (16, 16)
-    assert any("GroupNorm" in k for k in rep.frozen) and any("LayerNorm" in k for k in rep.frozen)
+    assert any("GroupNorm" in k for k in rep.frozen)
+    assert not any("LayerNorm" in k for k in rep.frozen)
     zero(m, groups_of(m, x, "c2")[:4] + groups_of(m, x, "fc2")[::2])
     check(m, x, {"c2": 6, "fc2": 8, "c1": 8, "fc1": 12}, tmp_path)
     with torch.no_grad():
         m.fc1.weight[5] = 0
         m.fc1.bias[5] = 0
-    with pytest.raises(CompileError, match=r"channel 5 of 'fc1' is exactly zero but LayerNorm"):
+        m.ln.weight[5] = 0
+        m.ln.bias[5] = 0  # exactly zero at the LayerNorm's input and after it: it goes
+        m.ln.weight[7] = 0
+        m.ln.bias[7] = 0  # zero after the norm, not before it: it stays (it moves the mean)
+    c = check(m, x, {"fc1": 11, "fc2": 8}, tmp_path)
+    assert isinstance(c.model.ln, ad.layers.PaddedNorm)
+    assert c.model.ln.normalized_shape == (11,) and c.model.ln.phantom == 1
+    assert c.report.kept == {"non-zero channel entering a LayerNorm over the channels": 1}
+    again = ad.load_compiled(c.save(tmp_path / "c.pt"), NormMix)
+    with torch.no_grad():
+        assert torch.equal(again(x), c.model(x))
+    with torch.no_grad():
+        m.c1.weight[2] = 0
+        m.c1.bias[2] = 0
+        m.gn.weight[2] = 0
+        m.gn.bias[2] = 0
+    with pytest.raises(CompileError, match=r"channel 2 of 'c1' is exactly zero but GroupNorm"):
         ad.compile(m, x)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt norm: LayerNorm over the channels of an NCHW tensor, traced
+    through to a functional ``layer_norm``."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class NormStream(nn.Module):
+    """A ConvNeXt-like residual stream through LayerNorms (module and functional), RMSNorm,
+    a channels-last MLP with layer scale, and a ViT-like token MLP with a class token."""
+
+    def __init__(self, d: int = 12) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, d, 2, stride=2)
+        self.sn = LayerNorm2d(d, eps=1e-6)
+        self.dw = nn.Conv2d(d, d, 3, padding=1, groups=d)
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.fc1 = nn.Linear(d, 2 * d)
+        self.fc2 = nn.Linear(2 * d, d)
+        self.gamma = nn.Parameter(torch.full((d,), 0.7))
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.rms = nn.RMSNorm(d)
+        self.mlp = nn.Linear(d, d)
+        self.head_norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 4)
+
+    def forward(self, x):
+        x = self.sn(self.stem(x))
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(F.gelu(self.fc1(self.norm(y)))) * self.gamma
+        x = x + y.permute(0, 3, 1, 2)
+        t = x.flatten(2).transpose(1, 2)  # tokens (N, HW, d)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1)
+        t = t + self.mlp(self.rms(t))
+        return self.head(self.head_norm(t[:, 0]))
+
+
+def test_zero_stream_channels_go_through_layer_norms(tmp_path):
+    torch.manual_seed(0)
+    m = randomize(NormStream())
+    x = torch.randn(2, 3, 8, 8)
+    assert ad.inspect(m, x).layers["stem"] == (12, 12)
+    dead = [1, 4, 9]
+    with torch.no_grad():  # stream channels 1, 4, 9 exactly zero everywhere
+        for t in (m.stem.weight, m.stem.bias, m.dw.weight, m.dw.bias, m.fc2.weight, m.fc2.bias):
+            t[dead] = 0
+        for t in (m.sn.weight, m.sn.bias, m.norm.weight, m.norm.bias, m.gamma, m.rms.weight):
+            t[dead] = 0
+        for t in (m.head_norm.weight, m.head_norm.bias, m.mlp.weight, m.mlp.bias):
+            t[dead] = 0
+        m.cls[..., dead] = 0
+    c = check(m, x, {"stem": 9, "dw": 9, "fc2": 9, "mlp": 9, "fc1": 24}, tmp_path)
+    assert isinstance(c.model, torch.fx.GraphModule)  # the functional norm was rewritten
+    pads = [mod for mod in c.model.modules() if isinstance(mod, ad.layers.PaddedNorm)]
+    assert sorted((p.normalized_shape[0], p.phantom, p.rms) for p in pads) == [
+        (9, 3, False),
+        (9, 3, False),
+        (9, 3, True),
+    ]
+    again = ad.load_compiled(c.save(tmp_path / "c.pt"), NormStream)
+    with torch.no_grad():
+        assert torch.equal(again(x), c.model(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,7 +604,7 @@ def test_channels_last_block_hidden_units_go(tmp_path):
     m = randomize(ConvNeXtBlock())
     x = torch.randn(2, 3, 16, 16)
     rep = ad.inspect(m, x)
-    assert rep.layers["pw1"] == (32, 32) and rep.layers["stem"] == (0, 16)
+    assert rep.layers["pw1"] == (32, 32) and rep.layers["stem"] == (16, 16)
     zero(m, groups_of(m, x, "pw1")[5:17])
     check(m, x, {"pw1": 20, "pw2": 16}, tmp_path)
 

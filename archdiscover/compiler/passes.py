@@ -10,7 +10,8 @@
   (c) it reaches every consumer as a constant that folds exactly: into a Linear's bias, or a
   Conv's bias (or the following BatchNorm's running mean) when the Conv has no zero
   padding. A constant entering a zero-padded k x k convolution is not constant at the
-  borders, so that channel stays.
+  borders, so that channel stays. A channel through a LayerNorm over the channels goes
+  only where it is exactly zero at the norm's input (the norm then counts it as a zero).
 * :func:`round_widths` -- keep just enough removable channels to make every width a
   multiple of ``r`` (they are zero or unused: nothing changes numerically).
 * :func:`fold_constants` -- add the folded constants' contributions to the consumers' biases.
@@ -214,16 +215,26 @@ def plan(g: ChannelGraph, a: ValueAnalysis) -> Plan:
         np.logical_and.at(dead_ok, labs, wz)
         np.logical_and.at(fold_ok, labs, absorb)
         np.logical_and.at(const_ok, labs, c)
+    # a LayerNorm over the channels counts a removed channel as a zero: it must be one there
+    mix_ok = np.ones(nlab, dtype=bool)
+    for info in g.info.values():
+        if info.kind == "mixnorm" and info.inputs and g.slots.get(info.inputs[0]) is not None:
+            x = info.inputs[0]
+            labs = g.labels[g.slots[x]]
+            np.logical_and.at(mix_ok, labs, a.zero_of(x, len(labs)))
     candidates = has_out.copy()
     kept: dict[str, int] = defaultdict(int)
     blocked = _blocked_zeros(g, a, has_out, kept)
     for lab in g.frozen:
         if lab < nlab:
             candidates[lab] = False
-    removable = candidates & (zero_ok | dead_ok)
-    fold = candidates & ~removable & fold_ok
+    n_mixed = int((candidates & (zero_ok | dead_ok | fold_ok) & ~mix_ok).sum())
+    if n_mixed:
+        kept["non-zero channel entering a LayerNorm over the channels"] = n_mixed
+    removable = candidates & (zero_ok | dead_ok) & mix_ok
+    fold = candidates & ~removable & fold_ok & mix_ok
     # groups that are constant at every consumer but cannot be folded exactly
-    n_const_kept = int((candidates & ~removable & ~fold & const_ok).sum())
+    n_const_kept = int((candidates & ~removable & ~fold & const_ok & mix_ok).sum())
     if n_const_kept:
         kept["constant channel entering a zero-padded convolution (not exact to fold)"] = (
             n_const_kept

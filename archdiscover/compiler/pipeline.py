@@ -34,7 +34,7 @@ from ..verify import fresh_inputs, max_error, outputs
 from . import passes
 from .analysis import ValueAnalysis
 from .errors import CompileError
-from .prune import count, prune
+from .prune import count, pad_mixing_norms, prune
 from .rewrite import rewrite_sizes, update_attributes
 from .serialize import save_compiled
 
@@ -252,13 +252,14 @@ def compile_once(
     passes.round_widths(g, p, round_to)
     passes.fold_constants(g, a, p.fold)
     prune(g, p.remove, work)
+    padded = pad_mixing_norms(g, p.remove, work)
     changed = rewrite_sizes(g, p.remove)
     attributes = update_attributes(g, work, changed)
     # the user's class when it computes the new sizes itself, else the rewritten graph
     if dropped:
         choices: list[nn.Module] = [_rooted(work, g.gm)]
         choices[0].delete_all_unused_submodules()  # type: ignore[operator]
-    elif g.sizes and p.remove:
+    elif (g.sizes or padded) and p.remove:
         choices = [work, _rooted(work, g.gm)]
     else:
         choices = [work]

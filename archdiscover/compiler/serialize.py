@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from .._io import save_atomic
 from ..graph import ops
-from ..layers import PrunedMultiheadAttention
+from .. import layers as _layers
+from ..layers import PaddedNorm, PrunedMultiheadAttention, padded_layer_norm
 from .errors import CompileError
 
 __all__ = [
@@ -133,10 +134,19 @@ _SPECS: dict[type[nn.Module], dict[str, Callable[[Any], bool]]] = {
         "batch_first": _bool,
         "bias": _bool,
     },
+    PaddedNorm: {
+        "normalized_shape": _ints(1, _MAX_WIDTH),
+        "phantom": _int(0, _MAX_WIDTH),
+        "eps": _real(0.0, 1.0, none=True),
+        "elementwise_affine": _bool,
+        "bias": _bool,
+        "rms": _bool,
+    },
 }
 #: a saved layer of the key's type may replace a layer of one of these types in the model
 _REPLACES: dict[type[nn.Module], tuple[type[nn.Module], ...]] = {
-    PrunedMultiheadAttention: (nn.MultiheadAttention,)
+    PrunedMultiheadAttention: (nn.MultiheadAttention,),
+    PaddedNorm: ops.BLOCKING_NORMS,
 }
 #: the layer types a compiled file may rebuild, by name
 LAYER_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in _SPECS}
@@ -243,6 +253,8 @@ _EXTRA_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     F.pad,
     F.normalize,
     F.glu,
+    F.rms_norm,
+    padded_layer_norm,
 )
 #: attribute names ``getattr`` may read in a saved graph (``x.shape`` traces to getattr)
 _GETATTR_NAMES = frozenset({"shape", "dtype", "device", "ndim"})
@@ -318,6 +330,7 @@ _HOMES = (
     ("torch.nn.functional", F),
     ("torch", torch),
     ("builtins", builtins),
+    ("archdiscover.layers", _layers),
 )
 
 
@@ -328,7 +341,8 @@ def _key(fn: Callable[..., Any]) -> str:
         if getattr(mod, name, None) is fn:
             return f"{home}:{name}"
     raise ValueError(
-        f"{fn!r} is not reachable as operator / torch / torch.nn.functional / builtins"
+        f"{fn!r} is not reachable as operator / torch / torch.nn.functional / builtins / "
+        "archdiscover.layers"
     )
 
 
