@@ -33,9 +33,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import layers as _layers
 from .._io import save_atomic
 from ..graph import ops
-from .. import layers as _layers
 from ..layers import PaddedNorm, PrunedMultiheadAttention, padded_layer_norm
 from .errors import CompileError
 
