@@ -609,6 +609,42 @@ def test_channels_last_block_hidden_units_go(tmp_path):
     check(m, x, {"pw1": 20, "pw2": 16}, tmp_path)
 
 
+class SizeFromStream(nn.Module):
+    """MaxViT's attention: the heads' output is reshaped by the width read from the stream
+    (``reshape(B, N, D)`` with ``D = x.size(-1)``), a size that is not the heads' own."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, d // heads
+        self.stem = nn.Linear(4, d)
+        self.norm = nn.LayerNorm(d)
+        self.to_qkv = nn.Linear(d, 3 * d)
+        self.merge = nn.Linear(d, d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        B, N, D = x.size()
+        q, k, v = torch.chunk(self.to_qkv(self.norm(x)), 3, dim=-1)
+        q, k, v = (t.reshape(B, N, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        out = torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+        x = x + self.merge(out.transpose(1, 2).reshape(B, N, D))
+        return self.head(x)
+
+
+def test_a_size_read_from_the_stream_is_rewritten_where_the_heads_keep_theirs(tmp_path):
+    torch.manual_seed(0)
+    m = randomize(SizeFromStream())
+    x = torch.randn(2, 5, 4)
+    dead = [2, 5, 11]
+    with torch.no_grad():
+        for t in (m.stem.weight, m.stem.bias, m.norm.weight, m.norm.bias, m.merge.weight):
+            t[dead] = 0
+        m.merge.bias[dead] = 0
+    c = check(m, x, {"stem": 13, "merge": 13, "to_qkv": 48}, tmp_path)
+    assert isinstance(c.model, torch.fx.GraphModule)  # the class would reshape by 13
+
+
 class LayerScaleStream(nn.Module):
     """A stream whose channels can go: a per-channel scale parameter broadcast onto it."""
 
