@@ -610,8 +610,9 @@ def test_channels_last_block_hidden_units_go(tmp_path):
 
 
 class SizeFromStream(nn.Module):
-    """MaxViT's attention: the heads' output is reshaped by the width read from the stream
-    (``reshape(B, N, D)`` with ``D = x.size(-1)``), a size that is not the heads' own."""
+    """MaxViT's and CaiT's attention: the heads' output is reshaped by the width read from
+    the stream (``reshape(B, N, D)`` with ``D = x.size(-1)``), the head width computed from it
+    (``D // heads``): sizes that are not the heads' own."""
 
     def __init__(self, d: int = 16, heads: int = 2) -> None:
         super().__init__()
@@ -626,7 +627,8 @@ class SizeFromStream(nn.Module):
         x = self.stem(x)
         B, N, D = x.size()
         q, k, v = torch.chunk(self.to_qkv(self.norm(x)), 3, dim=-1)
-        q, k, v = (t.reshape(B, N, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        # CaiT's head width: computed from the stream's (C // heads)
+        q, k, v = (t.reshape(B, N, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
         out = torch.softmax(q @ k.transpose(-2, -1), -1) @ v
         x = x + self.merge(out.transpose(1, 2).reshape(B, N, D))
         return self.head(x)

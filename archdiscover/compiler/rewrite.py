@@ -120,20 +120,51 @@ def _size_source(n: Any) -> tuple[torch.fx.Node, int] | None:
     return None
 
 
+_ARITH = {
+    operator.floordiv: operator.floordiv,
+    operator.mul: operator.mul,
+    operator.add: operator.add,
+    operator.sub: operator.sub,
+}
+
+
+def _computed(g: ChannelGraph, n: Any, rem: np.ndarray) -> tuple[int | None, bool]:
+    """The value a computed size ``n`` takes after removal (None if it cannot be told) and
+    whether it reads a channel dim that changes (``x.size(-1)``, ``C // num_heads``)."""
+    if isinstance(n, int) and not isinstance(n, bool):
+        return n, False
+    src = _size_source(n)
+    if src is not None:
+        t, k = src
+        old, new = g.shapes.get(t.name), _kept_sizes(g, t.name, rem)
+        if old is None or not -len(old) <= k < len(old):
+            return None, False
+        if new is None:
+            return int(old[k]), False
+        return int(new[k]), new[k] != old[k]
+    if isinstance(n, torch.fx.Node) and n.op == "call_function" and n.target in _ARITH:
+        if len(n.args) != 2 or n.kwargs:
+            return None, False
+        (x, cx), (y, cy) = (_computed(g, v, rem) for v in n.args)
+        if x is None or y is None or (n.target is operator.floordiv and y == 0):
+            return None, cx or cy
+        return int(_ARITH[n.target](x, y)), cx or cy
+    return None, False
+
+
 def _stale_computed(
-    g: ChannelGraph, refs: Any, new: tuple[int, ...], rem: np.ndarray
+    g: ChannelGraph, refs: Any, new: tuple[int, ...], axes: tuple[int, ...], rem: np.ndarray
 ) -> dict[int, int]:
-    """Output dims of a reshape whose size is computed from another tensor's channel dim
-    that no longer has this dim's new size (MaxViT's ``reshape(B, G, P, D)`` after the heads,
-    with ``D`` read from the stream's width): dim -> the size it must be now."""
+    """Channel dims of a reshape whose size is computed from another tensor's channel dim
+    that changed, to a value that is no longer this dim's new size (MaxViT's
+    ``reshape(B, G, P, D)`` after the heads with ``D`` read from the stream; CaiT's
+    ``reshape(B, N, 3, heads, C // heads)``): dim -> the size it must be now."""
     out: dict[int, int] = {}
     for d, (kind, ref) in enumerate(refs or []):
-        src = _size_source(ref) if kind == "node" else None
-        if src is None or d >= len(new):
+        if kind != "node" or d >= len(new) or d not in axes:
             continue
-        t, k = src
-        tnew = _kept_sizes(g, t.name, rem)
-        if tnew is not None and -len(tnew) <= k < len(tnew) and tnew[k] != new[d]:
+        value, changes = _computed(g, ref, rem)
+        if changes and value != new[d]:
             out[d] = new[d]
     return out
 
@@ -169,13 +200,13 @@ def rewrite_sizes(g: ChannelGraph, remove: set[int]) -> dict[str, list[tuple[int
         node = nodes.get(name)
         if node is None:  # dropped with a zero branch
             continue
-        for kind, refs, _axes in entries:
+        for kind, refs, axes in entries:
             if kind == "shape":
                 new = _kept_sizes(g, name, rem)
                 old = g.shapes[name]
                 if new is None or old is None:
                     continue
-                for d, v in _stale_computed(g, refs, new, rem).items():
+                for d, v in _stale_computed(g, refs, new, axes, rem).items():
                     _set_literal(node, d, v)
                     stale = True
                 if new == old:

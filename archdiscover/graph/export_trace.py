@@ -44,6 +44,14 @@ def _same(*pairs: tuple[Any, Any]) -> bool:
     )
 
 
+def _standard_forward(m: nn.Module) -> bool:
+    """True when ``m``'s forward is that of the torch.nn class it derives from."""
+    for cls in type(m).__mro__:
+        if cls.__module__.startswith("torch.nn."):
+            return type(m).forward is cls.forward
+    return False
+
+
 def _conv_ok(m: nn.Module, args: list[Any], transposed: bool) -> bool:
     k = len(m.kernel_size)
     stride = args[3] if len(args) > 3 else 1
@@ -93,6 +101,13 @@ class _Raiser:
         mod, _, name = str(node.target).rpartition(".")
         return mod if name == attr and mod in self.modules else None
 
+    def layer(self, mod: str | None) -> nn.Module | None:
+        """Module ``mod`` when its forward is torch.nn's own: a subclass that overrides it
+        (timm's ``BatchNormAct2d`` adds an activation, ``Conv2dSame`` pads) computes more
+        than the op, so the op is not a call of it."""
+        m = self.modules.get(mod) if mod else None
+        return m if m is not None and _standard_forward(m) else None
+
     def module_call(self, node: torch.fx.Node, target: str, x: torch.fx.Node) -> None:
         with self.graph.inserting_before(node):
             new = self.graph.call_module(target, (x,))
@@ -126,7 +141,7 @@ class _Raiser:
         # -- layers with parameters ------------------------------------------------------------
         if t in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default):
             mod = self.owner(a[1], "weight")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             bias_ok = (
                 (len(a) < 3 or a[2] is None)
                 if m is not None and m.bias is None
@@ -152,7 +167,7 @@ class _Raiser:
             aten.conv_transpose3d.input,
         ):
             mod = self.owner(a[1], "weight")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             bias_ok = (
                 (len(a) < 3 or a[2] is None)
                 if m is not None and m.bias is None
@@ -167,7 +182,7 @@ class _Raiser:
             return
         if t is aten.linear.default:
             mod = self.owner(a[1], "weight")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             b = a[2] if len(a) > 2 else None
             if (
                 isinstance(m, nn.Linear)
@@ -182,7 +197,7 @@ class _Raiser:
             # batch_norm(x, w, b, rm, rv, training, momentum, eps, cudnn); the other form
             # (x, w, b, rm, rv, momentum, eps) returns (out, mean, rstd)
             mod = self.owner(a[3], "running_mean")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             training = a[5] if t is aten.batch_norm.default else False
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not training:
                 if t is aten.batch_norm.default:
@@ -192,10 +207,21 @@ class _Raiser:
                     if u.target is operator.getitem and u.args[1] == 0:
                         self.module_call(u, mod, a[0])
                 return
+            if training:
+                return
+            x, w, b, rm, rv = a[:5]
+            momentum, eps = (a[6], a[7]) if t is aten.batch_norm.default else (a[5], a[6])
+            args = (x, rm, rv, w, b, False, momentum, eps)
+            if t is aten.batch_norm.default:
+                self.function(node, F.batch_norm, args)
+                return
+            for u in list(node.users):
+                if u.target is operator.getitem and u.args[1] == 0:
+                    self.function(u, F.batch_norm, args)
             return
         if t is aten.layer_norm.default:
             mod = self.owner(a[2] if len(a) > 2 else None, "weight")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             if isinstance(m, nn.LayerNorm) and list(a[1]) == list(m.normalized_shape):
                 self.module_call(node, mod, a[0])
             else:
@@ -203,7 +229,7 @@ class _Raiser:
             return
         if t is aten.group_norm.default:
             mod = self.owner(a[2] if len(a) > 2 else None, "weight")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             if isinstance(m, nn.GroupNorm) and a[1] == m.num_groups:
                 self.module_call(node, mod, a[0])
             return
@@ -211,13 +237,13 @@ class _Raiser:
             mod = self.owner(a[3] if len(a) > 3 else None, "running_mean") or self.owner(
                 a[1], "weight"
             )
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             if isinstance(m, nn.modules.instancenorm._InstanceNorm):
                 self.module_call(node, mod, a[0])
             return
         if t is aten.prelu.default:
             mod = self.owner(a[1], "weight")
-            if isinstance(self.modules.get(mod) if mod else None, nn.PReLU):
+            if isinstance(self.layer(mod), nn.PReLU):
                 self.module_call(node, mod, a[0])
             return
         # -- functions -------------------------------------------------------------------------
