@@ -812,6 +812,49 @@ def test_control_flow_on_shapes_traces_with_torch_export(tmp_path):
     assert type(c.model) is ShapeBranches and c.report.tracer == "torch.export"
 
 
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: a BatchNorm whose forward also applies its activation."""
+
+    def forward(self, x):
+        return F.silu(super().forward(x))
+
+
+class ExportedBlocks(nn.Module):
+    """What torch.export meets in timm: a shape branch (fx fails), a BatchNorm subclass with
+    an activation, an ``autocast(enabled=False)`` block, and a reshape by a width read from
+    another tensor (the class would compute it wrong after removal)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = BatchNormAct(8)
+        self.c2 = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8 * 4, 2)
+
+    def forward(self, x):
+        y = self.bn(self.c1(x))
+        if y.shape[-1] > 4:
+            y = F.avg_pool2d(y, 2)
+        b, c = y.shape[:2]
+        with torch.autocast(device_type="cpu", enabled=False):
+            z = self.c2(y).float()
+        z = F.adaptive_avg_pool2d(z, 2).reshape(b, c * 4)  # c: the width of y, not of z
+        return self.fc(z)
+
+
+def test_torch_export_graphs_inline_blocks_and_keep_a_dynamic_batch(tmp_path):
+    torch.manual_seed(0)
+    m = randomize(ExportedBlocks())
+    x = torch.randn(2, 3, 16, 16)
+    assert ad.inspect(m, x).tracer == "torch.export"
+    zero(m, groups_of(m, x, "c2")[:3])  # z loses 3 channels, y (and so c) keeps its 8
+    c = check(m, x, {"c1": 8, "c2": 5}, tmp_path)  # check() runs it at batch 3
+    assert isinstance(c.model, torch.fx.GraphModule)  # the class would reshape by 8 * 4
+    with torch.no_grad():
+        big = torch.randn(7, 3, 16, 16)
+        assert torch.allclose(c.model(big), m(big), atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # outputs and export
 # ---------------------------------------------------------------------------------------------

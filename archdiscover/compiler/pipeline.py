@@ -259,7 +259,7 @@ def compile_once(
     if dropped:
         choices: list[nn.Module] = [_rooted(work, g.gm)]
         choices[0].delete_all_unused_submodules()  # type: ignore[operator]
-    elif (g.sizes or padded) and p.remove:
+    elif (g.sizes or padded) and p.remove and _general(g):
         choices = [work, _rooted(work, g.gm)]
     else:
         choices = [work]
@@ -310,6 +310,14 @@ def compile_once(
         attributes=attributes if out_model is work else {},
     )
     return Compiled(out_model, report, inputs)
+
+
+def _general(g: Any) -> bool:
+    """True when ``g``'s graph runs at any batch size: fx's, or torch.export's with a dynamic
+    batch (one exported for the example's batch only is not returned as the model)."""
+    from ..graph.export_trace import DYNAMIC_BATCH
+
+    return g.tracer == "torch.fx" or bool(g.gm.meta.get(DYNAMIC_BATCH, False))
 
 
 def _rooted(model: nn.Module, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:

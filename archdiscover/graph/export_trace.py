@@ -28,7 +28,10 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["export_graph"]
+__all__ = ["DYNAMIC_BATCH", "export_graph"]
+
+#: ``GraphModule.meta`` key: True when the exported graph computes its sizes from the batch
+DYNAMIC_BATCH = "archdiscover_dynamic_batch"
 
 aten = torch.ops.aten
 _BIG = 2**62  # aten's "to the end" slice bound is 2**63 - 1
@@ -345,6 +348,8 @@ def _sub(a: list[Any], kw: dict) -> tuple:
 
 
 _RULES: dict[Any, Callable[[list[Any], dict], tuple]] = {
+    aten.sym_size.int: lambda a, kw: ("size", (a[0], a[1]), {}),
+    aten.to.dtype: lambda a, kw: ("to", (a[0], a[1]), {}),
     aten.add.Tensor: _add,
     aten.add.Scalar: _add,
     aten.sub.Tensor: _sub,
@@ -373,15 +378,88 @@ _RULES: dict[Any, Callable[[list[Any], dict], tuple]] = {
 }
 
 
+def _inline_wrappers(gm: torch.fx.GraphModule) -> None:
+    """Inline the sub-graphs of ``with torch.autocast(enabled=False)`` and
+    ``with torch.no_grad()`` blocks in a forward (``wrap_with_autocast`` /
+    ``wrap_with_set_grad_enabled``): in an eval-mode float forward they change nothing."""
+    for _ in range(16):  # nested blocks: one level per pass
+        hit = False
+        for node in list(gm.graph.nodes):
+            name = getattr(node.target, "__name__", "")
+            if node.op != "call_function" or name not in (
+                "wrap_with_autocast",
+                "wrap_with_set_grad_enabled",
+            ):
+                continue
+            k = 4 if name == "wrap_with_autocast" else 1  # the sub-graph's position
+            if name == "wrap_with_autocast" and node.args[2]:  # an enabled autocast: keep
+                continue
+            sub_node, args = node.args[k], node.args[k + 1 :]
+            if not (isinstance(sub_node, torch.fx.Node) and sub_node.op == "get_attr"):
+                continue
+            sub = getattr(gm, str(sub_node.target))
+            env: dict[torch.fx.Node, Any] = {}
+            placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+            env.update(zip(placeholders, args, strict=True))
+            result: Any = None
+            with gm.graph.inserting_before(node):
+                for n in sub.graph.nodes:
+                    if n.op == "placeholder":
+                        continue
+                    if n.op == "output":
+                        result = torch.fx.map_arg(n.args[0], env.__getitem__)
+                        continue
+                    if n.op == "get_attr":
+                        t = f"{sub_node.target}_{n.target}".replace(".", "_")
+                        setattr(gm, t, getattr(sub, str(n.target)))
+                        env[n] = gm.graph.get_attr(t)
+                        continue
+                    env[n] = gm.graph.node_copy(n, env.__getitem__)
+            outs = result if isinstance(result, (tuple, list)) else (result,)
+            for u in list(node.users):
+                if u.op == "call_function" and u.target is operator.getitem:
+                    u.replace_all_uses_with(outs[u.args[1]])
+                    gm.graph.erase_node(u)
+            if node.users:
+                node.replace_all_uses_with(result)
+            gm.graph.erase_node(node)
+            if not sub_node.users:
+                gm.graph.erase_node(sub_node)
+            hit = True
+        if not hit:
+            break
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
+def _export(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[torch.fx.GraphModule, bool]:
+    """``torch.export``'s module of ``model``: with a dynamic batch dim where it allows one
+    (the graph then computes its sizes from the batch, so it runs at any batch size), else
+    specialized to the example shapes. Returns the module and whether the batch is dynamic."""
+    from torch.export import Dim
+
+    dynamic = tuple(
+        {0: Dim.AUTO} if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] > 1 else None
+        for t in inputs
+    )
+    with torch.no_grad():
+        if any(d is not None for d in dynamic):
+            try:
+                ep = torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
+                return ep.module(), True
+            except Exception:  # e.g. a batch-dependent branch: specialize instead
+                pass
+        return torch.export.export(model, inputs, strict=False).module(), False
+
+
 def export_graph(model: nn.Module, inputs: tuple[Tensor, ...]) -> torch.fx.GraphModule:
     """``torch.export`` ``model`` on ``inputs`` and raise the graph to the model's modules
     (see the module docstring). Raises what ``torch.export`` raises, or ``RuntimeError`` if
     the raised graph does not compute the model's outputs."""
     from ..verify import flatten_outputs
 
-    with torch.no_grad():
-        ep = torch.export.export(model, tuple(inputs), strict=False)
-        exported = ep.module()
+    exported, dynamic = _export(model, tuple(inputs))
+    _inline_wrappers(exported)
     _Raiser(exported, model).run()
     root: dict[str, Any] = {}
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
@@ -403,6 +481,7 @@ def export_graph(model: nn.Module, inputs: tuple[Tensor, ...]) -> torch.fx.Graph
         for w, h in zip(want, got, strict=True)
     ):
         raise RuntimeError("the graph raised from torch.export does not reproduce the model")
+    gm.meta[DYNAMIC_BATCH] = dynamic
     return gm
 
 
