@@ -3,17 +3,28 @@
 :class:`PrunedMultiheadAttention` is ``nn.MultiheadAttention`` after heads were removed: its
 inner width ``num_heads * head_dim`` no longer equals ``embed_dim`` (PyTorch's module ties
 the two), and its output width ``out_dim`` may differ from its input width.
+
+:class:`PaddedNorm` (and :func:`padded_layer_norm`, its functional form) is a LayerNorm or
+RMSNorm over channels after ``phantom`` of them were removed because they are exactly zero
+at its input: it normalizes as if they were still there, so it computes what the original
+norm computed on the kept channels.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PrunedMultiheadAttention", "narrow_multihead_attention"]
+__all__ = [
+    "PaddedNorm",
+    "PrunedMultiheadAttention",
+    "narrow_multihead_attention",
+    "padded_layer_norm",
+]
 
 
 class PrunedMultiheadAttention(nn.MultiheadAttention):
@@ -146,3 +157,92 @@ def narrow_multihead_attention(mod: nn.MultiheadAttention, num_heads: int) -> No
     mod.head_dim = head_dim
     mod.embed_dim = mod.kdim = mod.vdim = int(mod.in_proj_weight.shape[1])
     mod.out_dim = int(mod.out_proj.weight.shape[0])
+
+
+def padded_layer_norm(
+    x: Tensor,
+    normalized_shape: list[int] | tuple[int, ...],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    phantom: int,
+) -> Tensor:
+    """``F.layer_norm`` over the last dim of ``x`` (``C`` channels) as if ``phantom`` more
+    channels of exact zeros followed: with ``n = C + phantom``,
+    ``mean = sum(x) / n``, ``var = (sum((x - mean)^2) + phantom * mean^2) / n`` and
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` on the ``C`` channels (computed by
+    padding, so the arithmetic is LayerNorm's own)."""
+    c = int(normalized_shape[-1])
+    z = F.pad(x, (0, phantom))
+    w = None if weight is None else F.pad(weight, (0, phantom))
+    b = None if bias is None else F.pad(bias, (0, phantom))
+    return F.layer_norm(z, (c + phantom,), w, b, eps)[..., :c]
+
+
+class PaddedNorm(nn.Module):
+    """LayerNorm (or RMSNorm, ``rms=True``) over the last dim, of ``normalized_shape`` kept
+    channels and ``phantom`` removed ones that were exactly zero at its input.
+
+    Over ``n = normalized_shape + phantom`` channels, the kept ``x``:
+    LayerNorm: ``mean = sum(x) / n``, ``var = (sum((x - mean)^2) + phantom * mean^2) / n``,
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``; RMSNorm:
+    ``y = x / sqrt(sum(x^2) / n + eps) * weight``. Equal to the original norm on the kept
+    channels. State-dict keys are those of ``nn.LayerNorm`` / ``nn.RMSNorm``.
+
+    Example:
+        >>> ln = nn.LayerNorm(4)
+        >>> x = torch.randn(2, 4)
+        >>> x[:, 3] = 0
+        >>> p = PaddedNorm(3, 1, eps=ln.eps)
+        >>> torch.allclose(p(x[:, :3]), ln(x)[:, :3], atol=1e-6)
+        True
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        phantom: int,
+        eps: float | None = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        rms: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(normalized_shape, int):
+            (normalized_shape,) = normalized_shape  # one normalized dim
+        self.normalized_shape = (int(normalized_shape),)
+        self.phantom = int(phantom)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.rms = rms
+        n = self.normalized_shape[0]
+        self.weight = nn.Parameter(torch.ones(n)) if elementwise_affine else None
+        self.bias = (
+            nn.Parameter(torch.zeros(n)) if elementwise_affine and bias and not rms else None
+        )
+
+    @classmethod
+    def of(cls, norm: nn.Module, phantom: int, kept: int) -> PaddedNorm:
+        """``norm`` (an ``nn.LayerNorm`` / ``nn.RMSNorm`` over one dim whose weight and bias
+        were already narrowed to ``kept`` channels) as a padded norm that remembers
+        ``phantom`` removed channels."""
+        rms = isinstance(norm, getattr(nn, "RMSNorm", ()))
+        w = getattr(norm, "weight", None)
+        b = getattr(norm, "bias", None)
+        out = cls(kept, phantom, norm.eps, w is not None, b is not None, rms)
+        out.weight, out.bias = w, b
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        c, p = self.normalized_shape[0], self.phantom
+        if not self.rms:
+            return padded_layer_norm(
+                x, self.normalized_shape, self.weight, self.bias, self.eps or 0.0, p
+            )
+        z = F.pad(x, (0, p))
+        w = None if self.weight is None else F.pad(self.weight, (0, p))
+        return F.rms_norm(z, (c + p,), w, self.eps)[..., :c]
+
+    def extra_repr(self) -> str:
+        kind = "RMSNorm" if self.rms else "LayerNorm"
+        return f"{kind} {self.normalized_shape}, phantom={self.phantom}, eps={self.eps}"

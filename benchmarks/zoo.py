@@ -19,7 +19,7 @@ channel gone), whether it exports to ONNX and verifies in onnxruntime (same tole
 seconds. Prints JSON, writes ``docs/results/zoo.json`` and the README table
 ``docs/results/zoo.md``.
 
-    python benchmarks/zoo.py                    # all models, about 30 minutes on 2 cores
+    python benchmarks/zoo.py                    # all models, about an hour on 2 cores
     python benchmarks/zoo.py --models resnet18,vit_b_16
     python benchmarks/zoo.py --quick            # two small models, seconds
     python benchmarks/zoo.py --resume           # go on after a cut run (per-model lines kept)

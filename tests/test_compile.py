@@ -370,6 +370,34 @@ def test_all_zero_residual_branch_disappears(tmp_path):
         assert torch.equal(again(x), c.model(x))
 
 
+def test_constant_residual_branch_becomes_a_buffer(tmp_path):
+    """A bottleneck whose first layer died (its filters and BN zero) while the second keeps
+    positive BN shifts: the branch outputs a per-channel constant. Its layers go, the
+    constant stays as one buffer (narrowed with the residual stream), every zeroed channel
+    is removed, and the file reloads."""
+    torch.manual_seed(0)
+    kw = dict(block=Bottleneck, layers=(2,), widths=(4,), strides=(1,), num_classes=3)
+    m = randomize(ResNet(**kw))
+    blk = m.stages[0][1]
+    with torch.no_grad():
+        blk.conv1.weight.zero_()
+        blk.bn1.weight.zero_()
+        blk.bn1.bias.zero_()
+        blk.bn2.bias.abs_().add_(0.1)  # relu(bn2(0)) = bn2's shift > 0: constant, not zero
+    x = torch.randn(2, 3, 16, 16)
+    c = check(m, x, None, {"stages.0.1.conv1": 0, "stages.0.1.conv2": 0}, tmp_path)
+    assert c.report.dropped_branches == ["stages.0.1"]
+    assert c.report.depth_after == c.report.depth_before - 3
+    consts = dict(c.model.named_buffers())
+    (name,) = [k for k in consts if k.startswith("_archdiscover_const_")]
+    stream = c.report.layers["stages.0.0.conv3"][1]
+    assert consts[name].shape == (1, stream, 1, 1)
+    path = c.save(tmp_path / "c.pt")
+    again = ad.load_compiled(path, lambda: ResNet(**kw))
+    with torch.no_grad():
+        assert torch.equal(again(x), c.model(x))
+
+
 def test_save_load_plain_model(tmp_path):
     torch.manual_seed(0)
     m = randomize(ConvNet(in_channels=1, channels=(6, 8), hidden=12, num_classes=4))
@@ -417,11 +445,11 @@ def test_round_to_auto_measures_and_reports(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # loud failures and inspection
 # ---------------------------------------------------------------------------------------------
-class WithLayerNorm(nn.Module):
+class WithGroupNorm(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc1 = nn.Linear(6, 8)
-        self.norm = nn.LayerNorm(8)
+        self.norm = nn.GroupNorm(2, 8)
         self.fc2 = nn.Linear(8, 2)
 
     def forward(self, x):
@@ -430,20 +458,22 @@ class WithLayerNorm(nn.Module):
 
 def test_unsupported_operation_fails_loudly():
     torch.manual_seed(0)
-    m = WithLayerNorm().eval()
+    m = WithGroupNorm().eval()
     with torch.no_grad():
         m.fc1.weight[3] = 0
         m.fc1.bias[3] = 0
+        m.norm.weight[3] = 0
+        m.norm.bias[3] = 0  # channel 3 is exactly zero before and after the norm
     x = torch.randn(3, 6)
-    with pytest.raises(CompileError, match="LayerNorm 'norm'"):
+    with pytest.raises(CompileError, match="channel 3 of 'fc1' is exactly zero but GroupNorm"):
         ad.compile(m, x)
     c = ad.compile(m, x, strict=False)  # kept, counted, still exact
     assert c.report.layers["fc1"] == (8, 8)
-    assert any("LayerNorm" in k for k in c.report.kept)
+    assert any("GroupNorm" in k for k in c.report.kept)
     rep = ad.inspect(m, x)
-    assert rep.traceable and any("LayerNorm" in op for _, op, _ in rep.unsupported)
+    assert rep.traceable and any("GroupNorm" in op for _, op, _ in rep.unsupported)
     assert rep.layers["fc1"] == (0, 8)
-    assert "LayerNorm" in str(rep)
+    assert "GroupNorm" in str(rep)
 
 
 class Untraceable(nn.Module):

@@ -146,3 +146,36 @@ def test_zoo_benchmark_quick():
         assert ours["removed_fraction"] >= r["zeroed_fraction"] > 0.1  # dead ones go too
         assert r["filters"]["archdiscover"]["strict_exact"]
     assert data["summary"]["filters+bn"]["archdiscover_strict_exact"] == 2
+
+
+def _has_timm() -> bool:
+    probe = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import zoo; zoo.import_torchvision(); "
+        "import timm"
+    )
+    return (
+        subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True).returncode == 0
+    )
+
+
+@pytest.mark.skipif(not _has_timm(), reason="timm is not installed (optional)")
+def test_zoo_timm_benchmark_on_two_models(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "zoo_timm.py"),
+            "--models",
+            "resnet18,vit_tiny_patch16_224",
+            "--out",
+            str(tmp_path / "t.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    data = json.loads(out.stdout)
+    assert data["summary"]["strict_exact"] == data["summary"]["minimal"] == 2
+    for r in data["models"]:
+        assert r["archdiscover"]["onnx"] and r["archdiscover"]["removed_fraction"] > 0.2

@@ -306,22 +306,106 @@ class NormMix(nn.Module):
         return self.fc3(F.gelu(self.fc2(h)))
 
 
-def test_channel_mixing_norms_block_the_stream_only(tmp_path):
+def test_group_norm_blocks_the_stream_layer_norm_passes_zero_channels(tmp_path):
     torch.manual_seed(0)
     m = randomize(NormMix())
     x = torch.randn(2, 3, 8, 8)
     rep = ad.inspect(m, x)
     assert rep.layers["c1"] == (0, 8) and rep.layers["c3"] == (0, 8)
-    assert rep.layers["fc1"] == (0, 12)
+    assert rep.layers["fc1"] == (12, 12)  # through the LayerNorm: zero channels can go
     assert rep.layers["c2"] == (10, 10) and rep.layers["fc2"] == (16, 16)
-    assert any("GroupNorm" in k for k in rep.frozen) and any("LayerNorm" in k for k in rep.frozen)
+    assert any("GroupNorm" in k for k in rep.frozen)
+    assert not any("LayerNorm" in k for k in rep.frozen)
     zero(m, groups_of(m, x, "c2")[:4] + groups_of(m, x, "fc2")[::2])
     check(m, x, {"c2": 6, "fc2": 8, "c1": 8, "fc1": 12}, tmp_path)
     with torch.no_grad():
         m.fc1.weight[5] = 0
         m.fc1.bias[5] = 0
-    with pytest.raises(CompileError, match=r"channel 5 of 'fc1' is exactly zero but LayerNorm"):
+        m.ln.weight[5] = 0
+        m.ln.bias[5] = 0  # exactly zero at the LayerNorm's input and after it: it goes
+        m.ln.weight[7] = 0
+        m.ln.bias[7] = 0  # zero after the norm, not before it: it stays (it moves the mean)
+    c = check(m, x, {"fc1": 11, "fc2": 8}, tmp_path)
+    assert isinstance(c.model.ln, ad.layers.PaddedNorm)
+    assert c.model.ln.normalized_shape == (11,) and c.model.ln.phantom == 1
+    assert c.report.kept == {"non-zero channel entering a LayerNorm over the channels": 1}
+    again = ad.load_compiled(c.save(tmp_path / "c.pt"), NormMix)
+    with torch.no_grad():
+        assert torch.equal(again(x), c.model(x))
+    with torch.no_grad():
+        m.c1.weight[2] = 0
+        m.c1.bias[2] = 0
+        m.gn.weight[2] = 0
+        m.gn.bias[2] = 0
+    with pytest.raises(CompileError, match=r"channel 2 of 'c1' is exactly zero but GroupNorm"):
         ad.compile(m, x)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt norm: LayerNorm over the channels of an NCHW tensor, traced
+    through to a functional ``layer_norm``."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class NormStream(nn.Module):
+    """A ConvNeXt-like residual stream through LayerNorms (module and functional), RMSNorm,
+    a channels-last MLP with layer scale, and a ViT-like token MLP with a class token."""
+
+    def __init__(self, d: int = 12) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, d, 2, stride=2)
+        self.sn = LayerNorm2d(d, eps=1e-6)
+        self.dw = nn.Conv2d(d, d, 3, padding=1, groups=d)
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.fc1 = nn.Linear(d, 2 * d)
+        self.fc2 = nn.Linear(2 * d, d)
+        self.gamma = nn.Parameter(torch.full((d,), 0.7))
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.rms = nn.RMSNorm(d)
+        self.mlp = nn.Linear(d, d)
+        self.head_norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 4)
+
+    def forward(self, x):
+        x = self.sn(self.stem(x))
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(F.gelu(self.fc1(self.norm(y)))) * self.gamma
+        x = x + y.permute(0, 3, 1, 2)
+        t = x.flatten(2).transpose(1, 2)  # tokens (N, HW, d)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1)
+        t = t + self.mlp(self.rms(t))
+        return self.head(self.head_norm(t[:, 0]))
+
+
+def test_zero_stream_channels_go_through_layer_norms(tmp_path):
+    torch.manual_seed(0)
+    m = randomize(NormStream())
+    x = torch.randn(2, 3, 8, 8)
+    assert ad.inspect(m, x).layers["stem"] == (12, 12)
+    dead = [1, 4, 9]
+    with torch.no_grad():  # stream channels 1, 4, 9 exactly zero everywhere
+        for t in (m.stem.weight, m.stem.bias, m.dw.weight, m.dw.bias, m.fc2.weight, m.fc2.bias):
+            t[dead] = 0
+        for t in (m.sn.weight, m.sn.bias, m.norm.weight, m.norm.bias, m.gamma, m.rms.weight):
+            t[dead] = 0
+        for t in (m.head_norm.weight, m.head_norm.bias, m.mlp.weight, m.mlp.bias):
+            t[dead] = 0
+        m.cls[..., dead] = 0
+    c = check(m, x, {"stem": 9, "dw": 9, "fc2": 9, "mlp": 9, "fc1": 24}, tmp_path)
+    assert isinstance(c.model, torch.fx.GraphModule)  # the functional norm was rewritten
+    pads = [mod for mod in c.model.modules() if isinstance(mod, ad.layers.PaddedNorm)]
+    assert sorted((p.normalized_shape[0], p.phantom, p.rms) for p in pads) == [
+        (9, 3, False),
+        (9, 3, False),
+        (9, 3, True),
+    ]
+    again = ad.load_compiled(c.save(tmp_path / "c.pt"), NormStream)
+    with torch.no_grad():
+        assert torch.equal(again(x), c.model(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,9 +604,47 @@ def test_channels_last_block_hidden_units_go(tmp_path):
     m = randomize(ConvNeXtBlock())
     x = torch.randn(2, 3, 16, 16)
     rep = ad.inspect(m, x)
-    assert rep.layers["pw1"] == (32, 32) and rep.layers["stem"] == (0, 16)
+    assert rep.layers["pw1"] == (32, 32) and rep.layers["stem"] == (16, 16)
     zero(m, groups_of(m, x, "pw1")[5:17])
     check(m, x, {"pw1": 20, "pw2": 16}, tmp_path)
+
+
+class SizeFromStream(nn.Module):
+    """MaxViT's and CaiT's attention: the heads' output is reshaped by the width read from
+    the stream (``reshape(B, N, D)`` with ``D = x.size(-1)``), the head width computed from it
+    (``D // heads``): sizes that are not the heads' own."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, d // heads
+        self.stem = nn.Linear(4, d)
+        self.norm = nn.LayerNorm(d)
+        self.to_qkv = nn.Linear(d, 3 * d)
+        self.merge = nn.Linear(d, d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        B, N, D = x.size()
+        q, k, v = torch.chunk(self.to_qkv(self.norm(x)), 3, dim=-1)
+        # CaiT's head width: computed from the stream's (C // heads)
+        q, k, v = (t.reshape(B, N, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
+        out = torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+        x = x + self.merge(out.transpose(1, 2).reshape(B, N, D))
+        return self.head(x)
+
+
+def test_a_size_read_from_the_stream_is_rewritten_where_the_heads_keep_theirs(tmp_path):
+    torch.manual_seed(0)
+    m = randomize(SizeFromStream())
+    x = torch.randn(2, 5, 4)
+    dead = [2, 5, 11]
+    with torch.no_grad():
+        for t in (m.stem.weight, m.stem.bias, m.norm.weight, m.norm.bias, m.merge.weight):
+            t[dead] = 0
+        m.merge.bias[dead] = 0
+    c = check(m, x, {"stem": 13, "merge": 13, "to_qkv": 48}, tmp_path)
+    assert isinstance(c.model, torch.fx.GraphModule)  # the class would reshape by 13
 
 
 class LayerScaleStream(nn.Module):
@@ -688,6 +810,49 @@ def test_control_flow_on_shapes_traces_with_torch_export(tmp_path):
     zero(m, groups_of(m, x, "c1")[1:4] + groups_of(m, x, "c2")[:1])
     c = check(m, x, {"c1": 5, "c2": 5}, tmp_path)
     assert type(c.model) is ShapeBranches and c.report.tracer == "torch.export"
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: a BatchNorm whose forward also applies its activation."""
+
+    def forward(self, x):
+        return F.silu(super().forward(x))
+
+
+class ExportedBlocks(nn.Module):
+    """What torch.export meets in timm: a shape branch (fx fails), a BatchNorm subclass with
+    an activation, an ``autocast(enabled=False)`` block, and a reshape by a width read from
+    another tensor (the class would compute it wrong after removal)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = BatchNormAct(8)
+        self.c2 = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8 * 4, 2)
+
+    def forward(self, x):
+        y = self.bn(self.c1(x))
+        if y.shape[-1] > 4:
+            y = F.avg_pool2d(y, 2)
+        b, c = y.shape[:2]
+        with torch.autocast(device_type="cpu", enabled=False):
+            z = self.c2(y).float()
+        z = F.adaptive_avg_pool2d(z, 2).reshape(b, c * 4)  # c: the width of y, not of z
+        return self.fc(z)
+
+
+def test_torch_export_graphs_inline_blocks_and_keep_a_dynamic_batch(tmp_path):
+    torch.manual_seed(0)
+    m = randomize(ExportedBlocks())
+    x = torch.randn(2, 3, 16, 16)
+    assert ad.inspect(m, x).tracer == "torch.export"
+    zero(m, groups_of(m, x, "c2")[:3])  # z loses 3 channels, y (and so c) keeps its 8
+    c = check(m, x, {"c1": 8, "c2": 5}, tmp_path)  # check() runs it at batch 3
+    assert isinstance(c.model, torch.fx.GraphModule)  # the class would reshape by 8 * 4
+    with torch.no_grad():
+        big = torch.randn(7, 3, 16, 16)
+        assert torch.allclose(c.model(big), m(big), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Every channel of every tensor in the traced graph is classified *structurally* a
   transposed convolution is not constant at the borders, so it counts as non-constant);
 * per-channel layers keep constants constant (a zero-padded average pool, or zero / constant
   padding by another value, does not); a normalization with zero scale outputs its shift
-  whatever its input; a tensor attribute is constant along the dims that hold no channels
+  whatever its input (a LayerNorm over the channels mixes them: only that makes a channel
+  constant there); a tensor attribute is constant along the dims that hold no channels
   when its values are;
 * reshapes, permutes and indexing move constness with the channels;
 * sums and products of constants are constant; a product with an exact zero is zero (a
@@ -220,6 +221,15 @@ class ValueAnalysis:
                 xc &= self.value_of(ins[0]) == 0
             wz = w.flatten(1).abs().sum(1).cpu().numpy() == 0
             self.const[name] = np.repeat(xc, mult) | wz
+            return
+        if kind == "mixnorm":  # LayerNorm over the channels: constant where the scale is 0
+            xc = np.zeros(n, dtype=bool)
+            for mod, p in info.detail.get("params", []):
+                if p == "weight":
+                    w = getattr(g.gm.get_submodule(mod), p, None)
+                    if isinstance(w, Tensor) and w.shape == (n,):
+                        xc |= w.detach().cpu().numpy() == 0
+            self.const[name] = xc
             return
         if kind in ("norm", "pointwise", "reduce"):
             self.const[name] = self._per_channel(info, ins[0], n)

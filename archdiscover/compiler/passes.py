@@ -1,13 +1,17 @@
 """The compiler's passes over a traced graph: drop zero branches, plan, round, fold.
 
 * :func:`drop_zero_branches` -- a residual ``a + b`` whose branch ``b`` is constant zero
-  everywhere becomes ``a``; the branch's layers disappear (depth).
+  everywhere becomes ``a``; one whose every channel is structurally constant (a block whose
+  inner layer died, leaving its BatchNorm shifts) becomes ``a + c`` with ``c`` the
+  per-channel constants as a buffer, broadcast over the other dims. Either way the branch's
+  layers disappear (depth).
 * :func:`plan` -- per coupled channel group: remove it when (a) it reaches every consumer as
   exact zeros, (b) every consumer's input weights for it are zero (dead downstream), or
   (c) it reaches every consumer as a constant that folds exactly: into a Linear's bias, or a
   Conv's bias (or the following BatchNorm's running mean) when the Conv has no zero
   padding. A constant entering a zero-padded k x k convolution is not constant at the
-  borders, so that channel stays.
+  borders, so that channel stays. A channel through a LayerNorm over the channels goes
+  only where it is exactly zero at the norm's input (the norm then counts it as a zero).
 * :func:`round_widths` -- keep just enough removable channels to make every width a
   multiple of ``r`` (they are zero or unused: nothing changes numerically).
 * :func:`fold_constants` -- add the folded constants' contributions to the consumers' biases.
@@ -27,8 +31,10 @@ from torch import Tensor, nn
 from ..graph import ops
 from ..graph.trace import ChannelGraph, Member, Producer
 from .analysis import ValueAnalysis, producer_weight
+from .serialize import CONST_PREFIX
 
 __all__ = [
+    "CONST_PREFIX",
     "Plan",
     "drop_zero_branches",
     "fold_constants",
@@ -63,11 +69,53 @@ def drop_zero_branches(g: ChannelGraph, a: ValueAnalysis) -> list[str]:
                 gm.graph.erase_node(node)
                 dropped.append(_branch_name(zero))
                 break
+            c = _constant_branch(g, a, zero, node)
+            if c is not None:
+                attr = _fresh_name(gm, CONST_PREFIX)
+                gm.register_buffer(attr, c)
+                with gm.graph.inserting_before(node):
+                    ref = gm.graph.get_attr(attr)
+                node.replace_input_with(zero, ref)
+                dropped.append(_branch_name(zero))
+                break
     if dropped:
         gm.graph.eliminate_dead_code()
         gm.recompile()
         gm.delete_all_unused_submodules()
     return dropped
+
+
+def _fresh_name(gm: torch.fx.GraphModule, prefix: str) -> str:
+    i = 0
+    while hasattr(gm, f"{prefix}{i}"):
+        i += 1
+    return f"{prefix}{i}"
+
+
+def _constant_branch(
+    g: ChannelGraph, a: ValueAnalysis, branch: torch.fx.Node, node: torch.fx.Node
+) -> Tensor | None:
+    """The per-channel constants of ``branch`` (shaped to broadcast: size 1 on every dim but
+    the channel dim) when ``branch`` is computed from the model's inputs yet structurally
+    constant in every channel, with the shape of the sum ``node``; else ``None``."""
+    if branch.op in ("get_attr", "placeholder") or a.indep.get(branch.name, True):
+        return None
+    c = a.const.get(branch.name)
+    axes = g.axes.get(branch.name)
+    v = a.values.get(branch.name)
+    if c is None or not len(c) or not c.all() or axes is None or len(axes) != 1:
+        return None
+    if not isinstance(v, Tensor) or g.shapes.get(branch.name) != g.shapes.get(node.name):
+        return None
+    ax = axes[0] % v.dim()
+    index = [0] * v.dim()
+    index[ax] = slice(None)
+    shape = [1] * v.dim()
+    shape[ax] = v.shape[ax]
+    const = v[tuple(index)].reshape(shape).detach().clone()
+    if not torch.equal(const.expand_as(v), v):  # belt and braces: it must be what it computed
+        return None
+    return const
 
 
 def _branch_name(node: torch.fx.Node) -> str:
@@ -167,16 +215,26 @@ def plan(g: ChannelGraph, a: ValueAnalysis) -> Plan:
         np.logical_and.at(dead_ok, labs, wz)
         np.logical_and.at(fold_ok, labs, absorb)
         np.logical_and.at(const_ok, labs, c)
+    # a LayerNorm over the channels counts a removed channel as a zero: it must be one there
+    mix_ok = np.ones(nlab, dtype=bool)
+    for info in g.info.values():
+        if info.kind == "mixnorm" and info.inputs and g.slots.get(info.inputs[0]) is not None:
+            x = info.inputs[0]
+            labs = g.labels[g.slots[x]]
+            np.logical_and.at(mix_ok, labs, a.zero_of(x, len(labs)))
     candidates = has_out.copy()
     kept: dict[str, int] = defaultdict(int)
     blocked = _blocked_zeros(g, a, has_out, kept)
     for lab in g.frozen:
         if lab < nlab:
             candidates[lab] = False
-    removable = candidates & (zero_ok | dead_ok)
-    fold = candidates & ~removable & fold_ok
+    n_mixed = int((candidates & (zero_ok | dead_ok | fold_ok) & ~mix_ok).sum())
+    if n_mixed:
+        kept["non-zero channel entering a LayerNorm over the channels"] = n_mixed
+    removable = candidates & (zero_ok | dead_ok) & mix_ok
+    fold = candidates & ~removable & fold_ok & mix_ok
     # groups that are constant at every consumer but cannot be folded exactly
-    n_const_kept = int((candidates & ~removable & ~fold & const_ok).sum())
+    n_const_kept = int((candidates & ~removable & ~fold & const_ok & mix_ok).sum())
     if n_const_kept:
         kept["constant channel entering a zero-padded convolution (not exact to fold)"] = (
             n_const_kept

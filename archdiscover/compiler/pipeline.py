@@ -37,7 +37,7 @@ from ..verify import fresh_inputs, max_error, outputs
 from . import passes, topology
 from .analysis import ValueAnalysis
 from .errors import CompileError
-from .prune import count, prune
+from .prune import count, pad_mixing_norms, prune
 from .rewrite import rewrite_sizes, update_attributes
 from .serialize import save_compiled
 
@@ -285,6 +285,7 @@ def compile_once(
     passes.round_widths(g, p, round_to)
     passes.fold_constants(g, a, p.fold)
     prune(g, p.remove, work)
+    padded = pad_mixing_norms(g, p.remove, work)
     changed = rewrite_sizes(g, p.remove)
     attributes = update_attributes(g, work, changed)
     # the user's class when it computes the new sizes itself, else the rewritten graph
@@ -293,7 +294,7 @@ def compile_once(
         choices[0].delete_all_unused_submodules()  # type: ignore[operator]
         if topo.changed:  # e.g. the gates of connections that went
             topology.delete_unused_tensors(choices[0])  # type: ignore[arg-type]
-    elif g.sizes and p.remove:
+    elif (g.sizes or padded) and p.remove and _general(g):
         choices = [work, _rooted(work, g.gm)]
     else:
         choices = [work]
@@ -349,9 +350,21 @@ def compile_once(
     return Compiled(out_model, report, inputs)
 
 
+def _general(g: Any) -> bool:
+    """True when ``g``'s graph runs at any batch size: fx's, or torch.export's with a dynamic
+    batch (one exported for the example's batch only is not returned as the model)."""
+    from ..graph.export_trace import DYNAMIC_BATCH
+
+    return g.tracer == "torch.fx" or bool(g.gm.meta.get(DYNAMIC_BATCH, False))
+
+
 def _rooted(model: nn.Module, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """``gm``'s graph over ``model``'s own submodules (so ``compiled.model.blocks[0].attn``
     is the user's attention module, with its updated head count), named after its class."""
+    for node in gm.graph.nodes:  # buffers the passes created (constant branches)
+        if node.op == "get_attr" and str(node.target).startswith(passes.CONST_PREFIX):
+            if not hasattr(model, node.target):
+                model.register_buffer(node.target, getattr(gm, node.target))
     out = torch.fx.GraphModule(model, gm.graph, class_name=type(model).__name__)
     for name, child in model.named_children():
         setattr(out, name, child)

@@ -7,7 +7,11 @@ are narrowed with its functions, so their attributes (``out_channels``, ``in_fea
 ``nn.MultiheadAttention`` loses whole heads and becomes a
 :class:`~archdiscover.layers.PrunedMultiheadAttention`. Any other sliced tensor (a
 parameter or buffer a module uses directly: a per-channel scale, a class token, a position
-embedding, the statistics of a hand-written normalization) is cut along its dim.
+embedding, the statistics of a hand-written normalization) is cut along its dim. A
+LayerNorm / RMSNorm over the channels that lost (exactly zero) channels becomes a
+:class:`~archdiscover.layers.PaddedNorm` (a functional ``layer_norm`` a
+:func:`~archdiscover.layers.padded_layer_norm`) that counts them as zeros
+(:func:`pad_mixing_norms`).
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.fx
 import torch_pruning as tp
 from torch import Tensor, nn
 
 from ..graph import ops
 from ..graph.trace import ChannelGraph
-from ..layers import narrow_multihead_attention
+from ..layers import PaddedNorm, narrow_multihead_attention, padded_layer_norm
 from .errors import CompileError
 
-__all__ = ["count", "prune"]
+__all__ = ["count", "pad_mixing_norms", "prune"]
 
 
 def _cut(
@@ -115,6 +120,62 @@ def prune(g: ChannelGraph, remove: set[int], model: nn.Module | None = None) -> 
     for mod, n in heads.items():
         m = g.gm.get_submodule(mod)
         narrow_multihead_attention(m, m.num_heads - n)
+
+
+def pad_mixing_norms(g: ChannelGraph, remove: set[int], model: nn.Module | None = None) -> bool:
+    """After :func:`prune`: every LayerNorm / RMSNorm over the channels (kind ``mixnorm``)
+    that lost ``p`` channels (exactly zero at its input: the plan made sure) normalizes as if
+    they were still there. A module becomes a :class:`PaddedNorm` (in ``g.gm`` and in
+    ``model``), a ``F.layer_norm`` call a :func:`padded_layer_norm` call. Returns True when
+    a graph call was rewritten (the user's class would still compute the plain norm)."""
+    if not remove:
+        return False
+    rem = np.array(sorted(remove))
+    rewritten = False
+    nodes = {n.name: n for n in g.gm.graph.nodes}
+    for name, info in g.info.items():
+        if info.kind != "mixnorm" or not info.inputs or g.slots.get(info.inputs[0]) is None:
+            continue
+        labs = g.labels[g.slots[info.inputs[0]]]
+        p = int(np.isin(labs, rem).sum())
+        node = nodes.get(name)
+        if not p or node is None:
+            continue
+        kept = len(labs) - p
+        if node.op == "call_module":
+            target = str(node.target)
+            m = g.gm.get_submodule(target)
+            if isinstance(m, PaddedNorm):
+                m.phantom += p
+                m.normalized_shape = (kept,)
+                continue
+            new = PaddedNorm.of(m, p, kept)
+            for root in (g.gm, model):
+                if root is None:
+                    continue
+                parent, _, attr = target.rpartition(".")
+                try:
+                    owner = root.get_submodule(parent)
+                except AttributeError:
+                    continue
+                if getattr(owner, attr, None) is m:
+                    setattr(owner, attr, new)
+        elif node.op == "call_function":
+            x, w, b = node.args[0], _norm_arg(node, 2, "weight"), _norm_arg(node, 3, "bias")
+            eps = _norm_arg(node, 4, "eps", 1e-5)
+            node.target = padded_layer_norm
+            node.args = (x, (kept,), w, b, eps, p)
+            node.kwargs = {}
+            rewritten = True
+    if rewritten:
+        g.gm.recompile()
+    return rewritten
+
+
+def _norm_arg(node: torch.fx.Node, i: int, key: str, default: object = None) -> object:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(key, default)
 
 
 def _prune_conv(

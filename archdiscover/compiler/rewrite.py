@@ -98,6 +98,95 @@ def _new_shape_args(
     return done
 
 
+def _size_source(n: Any) -> tuple[torch.fx.Node, int] | None:
+    """``(tensor, dim)`` when ``n`` computes ``tensor.size(dim)`` (``x.size()[d]``,
+    ``x.shape[d]``, ``x.size(d)``)."""
+    if not isinstance(n, torch.fx.Node):
+        return None
+    if n.op == "call_method" and n.target == "size" and len(n.args) == 2:
+        t, d = n.args
+        return (t, d) if isinstance(t, torch.fx.Node) and isinstance(d, int) else None
+    if n.op == "call_function" and n.target is operator.getitem and len(n.args) == 2:
+        src, d = n.args
+        if not (isinstance(src, torch.fx.Node) and isinstance(d, int)):
+            return None
+        if src.op == "call_method" and src.target == "size" and len(src.args) == 1:
+            t = src.args[0]
+        elif src.op == "call_function" and src.target is getattr and src.args[1:] == ("shape",):
+            t = src.args[0]
+        else:
+            return None
+        return (t, d) if isinstance(t, torch.fx.Node) else None
+    return None
+
+
+_ARITH = {
+    operator.floordiv: operator.floordiv,
+    operator.mul: operator.mul,
+    operator.add: operator.add,
+    operator.sub: operator.sub,
+}
+
+
+def _computed(g: ChannelGraph, n: Any, rem: np.ndarray) -> tuple[int | None, bool]:
+    """The value a computed size ``n`` takes after removal (None if it cannot be told) and
+    whether it reads a channel dim that changes (``x.size(-1)``, ``C // num_heads``)."""
+    if isinstance(n, int) and not isinstance(n, bool):
+        return n, False
+    src = _size_source(n)
+    if src is not None:
+        t, k = src
+        old, new = g.shapes.get(t.name), _kept_sizes(g, t.name, rem)
+        if old is None or not -len(old) <= k < len(old):
+            return None, False
+        if new is None:
+            return int(old[k]), False
+        return int(new[k]), new[k] != old[k]
+    if isinstance(n, torch.fx.Node) and n.op == "call_function" and n.target in _ARITH:
+        if len(n.args) != 2 or n.kwargs:
+            return None, False
+        (x, cx), (y, cy) = (_computed(g, v, rem) for v in n.args)
+        if x is None or y is None or (n.target is operator.floordiv and y == 0):
+            return None, cx or cy
+        return int(_ARITH[n.target](x, y)), cx or cy
+    return None, False
+
+
+def _stale_computed(
+    g: ChannelGraph, refs: Any, new: tuple[int, ...], axes: tuple[int, ...], rem: np.ndarray
+) -> dict[int, int]:
+    """Channel dims of a reshape whose size is computed from another tensor's channel dim
+    that changed, to a value that is no longer this dim's new size (MaxViT's
+    ``reshape(B, G, P, D)`` after the heads with ``D`` read from the stream; CaiT's
+    ``reshape(B, N, 3, heads, C // heads)``): dim -> the size it must be now."""
+    out: dict[int, int] = {}
+    for d, (kind, ref) in enumerate(refs or []):
+        if kind != "node" or d >= len(new) or d not in axes:
+            continue
+        value, changes = _computed(g, ref, rem)
+        if changes and value != new[d]:
+            out[d] = new[d]
+    return out
+
+
+def _set_literal(node: torch.fx.Node, d: int, v: int) -> None:
+    """Put the literal ``v`` as the size of output dim ``d`` of a reshape / view."""
+    args = list(node.args)
+    in_kwargs = node.op == "call_function" and node.target is torch.reshape and len(args) < 2
+    if in_kwargs:
+        flat = list(node.kwargs["shape"])
+        flat[d] = v
+        node.kwargs = {**node.kwargs, "shape": tuple(flat)}
+    elif len(args) == 2 and isinstance(args[1], (list, tuple)):
+        flat = list(args[1])
+        flat[d] = v
+        node.args = (args[0], type(args[1])(flat))
+    else:
+        flat = args[1:]
+        flat[d] = v
+        node.args = (args[0], *flat)
+
+
 def rewrite_sizes(g: ChannelGraph, remove: set[int]) -> dict[str, list[tuple[int, int]]]:
     """Put the new widths into the size arguments of ``g.gm``'s nodes after ``remove``
     went; returns, per rewritten node, ``(old, new)`` per changed literal."""
@@ -106,15 +195,21 @@ def rewrite_sizes(g: ChannelGraph, remove: set[int]) -> dict[str, list[tuple[int
     rem = np.array(sorted(remove))
     nodes = {n.name: n for n in g.gm.graph.nodes}
     changed: dict[str, list[tuple[int, int]]] = {}
+    stale = False
     for name, entries in g.sizes.items():
         node = nodes.get(name)
         if node is None:  # dropped with a zero branch
             continue
-        for kind, refs, _axes in entries:
+        for kind, refs, axes in entries:
             if kind == "shape":
                 new = _kept_sizes(g, name, rem)
                 old = g.shapes[name]
-                if new is None or old is None or new == old:
+                if new is None or old is None:
+                    continue
+                for d, v in _stale_computed(g, refs, new, axes, rem).items():
+                    _set_literal(node, d, v)
+                    stale = True
+                if new == old:
                     continue
                 diff = {d: v for d, (o, v) in enumerate(zip(old, new, strict=True)) if o != v}
                 diff = {d: v for d, v in diff.items() if refs[d][0] not in ("auto", "infer")}
@@ -160,7 +255,7 @@ def rewrite_sizes(g: ChannelGraph, remove: set[int]) -> dict[str, list[tuple[int
                 changed.setdefault(name, []).append(
                     (int(refs if kind == "split_size" else sum(refs)), int(sum(sizes)))
                 )
-    if changed or any(k == "shape" for e in g.sizes.values() for k, *_ in e):
+    if changed or stale or any(k == "shape" for e in g.sizes.values() for k, *_ in e):
         g.gm.recompile()
     return changed
 

@@ -33,9 +33,10 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import layers as _layers
 from .._io import save_atomic
 from ..graph import ops
-from ..layers import PrunedMultiheadAttention
+from ..layers import PaddedNorm, PrunedMultiheadAttention, padded_layer_norm
 from .errors import CompileError
 
 __all__ = [
@@ -133,16 +134,29 @@ _SPECS: dict[type[nn.Module], dict[str, Callable[[Any], bool]]] = {
         "batch_first": _bool,
         "bias": _bool,
     },
+    PaddedNorm: {
+        "normalized_shape": _ints(1, _MAX_WIDTH),
+        "phantom": _int(0, _MAX_WIDTH),
+        "eps": _real(0.0, 1.0, none=True),
+        "elementwise_affine": _bool,
+        "bias": _bool,
+        "rms": _bool,
+    },
 }
 #: a saved layer of the key's type may replace a layer of one of these types in the model
 _REPLACES: dict[type[nn.Module], tuple[type[nn.Module], ...]] = {
-    PrunedMultiheadAttention: (nn.MultiheadAttention,)
+    PrunedMultiheadAttention: (nn.MultiheadAttention,),
+    PaddedNorm: ops.BLOCKING_NORMS,
 }
 #: the layer types a compiled file may rebuild, by name
 LAYER_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in _SPECS}
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+CONST_PREFIX = "_archdiscover_const_"
+"""Prefix of the buffers the compiler creates for constant residual branches (top level of
+the model; a file may create tensors with such a name, and only such)."""
+_CONST = re.compile(rf"^{CONST_PREFIX}[0-9]{{1,6}}$")
 
 
 def _plain(x: Any) -> Any:
@@ -239,6 +253,8 @@ _EXTRA_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     F.pad,
     F.normalize,
     F.glu,
+    F.rms_norm,
+    padded_layer_norm,
 )
 #: attribute names ``getattr`` may read in a saved graph (``x.shape`` traces to getattr)
 _GETATTR_NAMES = frozenset({"shape", "dtype", "device", "ndim"})
@@ -314,6 +330,7 @@ _HOMES = (
     ("torch.nn.functional", F),
     ("torch", torch),
     ("builtins", builtins),
+    ("archdiscover.layers", _layers),
 )
 
 
@@ -324,7 +341,8 @@ def _key(fn: Callable[..., Any]) -> str:
         if getattr(mod, name, None) is fn:
             return f"{home}:{name}"
     raise ValueError(
-        f"{fn!r} is not reachable as operator / torch / torch.nn.functional / builtins"
+        f"{fn!r} is not reachable as operator / torch / torch.nn.functional / builtins / "
+        "archdiscover.layers"
     )
 
 
@@ -532,9 +550,10 @@ def save_compiled(
     return save_atomic(payload, path)
 
 
-def _resize_tensors(where: str, model: nn.Module, shapes: Any) -> None:
+def _resize_tensors(where: str, model: nn.Module, shapes: Any, state: dict[str, Any]) -> None:
     """Give tensors outside the rebuilt layers their saved shapes (values come with the
-    state dict); every name must be a parameter or buffer of the model, every size an int."""
+    state dict); every name must be a parameter or buffer of the model (or one of the
+    compiler's constant buffers, created here), every size an int."""
     if not isinstance(shapes, dict):
         raise ValueError(f"{where}: 'tensors' must map tensor names to shapes")
     for name, shape in shapes.items():
@@ -547,6 +566,12 @@ def _resize_tensors(where: str, model: nn.Module, shapes: Any) -> None:
         )
         if not ok:
             raise ValueError(f"{where}: bad tensor shape entry {name!r}: {shape!r}")
+        if _CONST.match(name) and not hasattr(model, name):
+            saved = state.get(name)
+            if not isinstance(saved, Tensor) or not saved.is_floating_point():
+                raise ValueError(f"{where}: constant {name!r} has no floating-point values")
+            model.register_buffer(name, torch.empty(shape, dtype=saved.dtype))
+            continue
         owner, _, attr = name.rpartition(".")
         try:
             m = model.get_submodule(owner)
@@ -636,7 +661,7 @@ def load_compiled(path: str | os.PathLike, build: Callable[[], nn.Module]) -> nn
                 f"{where}: layer {name!r} does not exist in the model built by {build!r}"
             ) from None
         _set_submodule(model, name, _build_module(where, name, spec, existing))
-    _resize_tensors(where, model, payload.get("tensors", {}))
+    _resize_tensors(where, model, payload.get("tensors", {}), state)
     _set_attributes(where, model, payload.get("attributes", {}))
     if payload["graph"] is not None:
         graph = _Decoder(where, model).graph(payload["graph"])

@@ -28,7 +28,10 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["export_graph"]
+__all__ = ["DYNAMIC_BATCH", "export_graph"]
+
+#: ``GraphModule.meta`` key: True when the exported graph computes its sizes from the batch
+DYNAMIC_BATCH = "archdiscover_dynamic_batch"
 
 aten = torch.ops.aten
 _BIG = 2**62  # aten's "to the end" slice bound is 2**63 - 1
@@ -42,6 +45,14 @@ def _same(*pairs: tuple[Any, Any]) -> bool:
         norm(a) == norm(b) or (len(norm(a)) == 1 and norm(a) * len(norm(b)) == norm(b))
         for a, b in pairs
     )
+
+
+def _standard_forward(m: nn.Module) -> bool:
+    """True when ``m``'s forward is that of the torch.nn class it derives from."""
+    for cls in type(m).__mro__:
+        if cls.__module__.startswith("torch.nn."):
+            return type(m).forward is cls.forward
+    return False
 
 
 def _conv_ok(m: nn.Module, args: list[Any], transposed: bool) -> bool:
@@ -93,6 +104,13 @@ class _Raiser:
         mod, _, name = str(node.target).rpartition(".")
         return mod if name == attr and mod in self.modules else None
 
+    def layer(self, mod: str | None) -> nn.Module | None:
+        """Module ``mod`` when its forward is torch.nn's own: a subclass that overrides it
+        (timm's ``BatchNormAct2d`` adds an activation, ``Conv2dSame`` pads) computes more
+        than the op, so the op is not a call of it."""
+        m = self.modules.get(mod) if mod else None
+        return m if m is not None and _standard_forward(m) else None
+
     def module_call(self, node: torch.fx.Node, target: str, x: torch.fx.Node) -> None:
         with self.graph.inserting_before(node):
             new = self.graph.call_module(target, (x,))
@@ -126,7 +144,7 @@ class _Raiser:
         # -- layers with parameters ------------------------------------------------------------
         if t in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default):
             mod = self.owner(a[1], "weight")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             bias_ok = (
                 (len(a) < 3 or a[2] is None)
                 if m is not None and m.bias is None
@@ -152,7 +170,7 @@ class _Raiser:
             aten.conv_transpose3d.input,
         ):
             mod = self.owner(a[1], "weight")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             bias_ok = (
                 (len(a) < 3 or a[2] is None)
                 if m is not None and m.bias is None
@@ -167,7 +185,7 @@ class _Raiser:
             return
         if t is aten.linear.default:
             mod = self.owner(a[1], "weight")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             b = a[2] if len(a) > 2 else None
             if (
                 isinstance(m, nn.Linear)
@@ -182,7 +200,7 @@ class _Raiser:
             # batch_norm(x, w, b, rm, rv, training, momentum, eps, cudnn); the other form
             # (x, w, b, rm, rv, momentum, eps) returns (out, mean, rstd)
             mod = self.owner(a[3], "running_mean")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             training = a[5] if t is aten.batch_norm.default else False
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not training:
                 if t is aten.batch_norm.default:
@@ -192,10 +210,21 @@ class _Raiser:
                     if u.target is operator.getitem and u.args[1] == 0:
                         self.module_call(u, mod, a[0])
                 return
+            if training:
+                return
+            x, w, b, rm, rv = a[:5]
+            momentum, eps = (a[6], a[7]) if t is aten.batch_norm.default else (a[5], a[6])
+            args = (x, rm, rv, w, b, False, momentum, eps)
+            if t is aten.batch_norm.default:
+                self.function(node, F.batch_norm, args)
+                return
+            for u in list(node.users):
+                if u.target is operator.getitem and u.args[1] == 0:
+                    self.function(u, F.batch_norm, args)
             return
         if t is aten.layer_norm.default:
             mod = self.owner(a[2] if len(a) > 2 else None, "weight")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             if isinstance(m, nn.LayerNorm) and list(a[1]) == list(m.normalized_shape):
                 self.module_call(node, mod, a[0])
             else:
@@ -203,7 +232,7 @@ class _Raiser:
             return
         if t is aten.group_norm.default:
             mod = self.owner(a[2] if len(a) > 2 else None, "weight")
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             if isinstance(m, nn.GroupNorm) and a[1] == m.num_groups:
                 self.module_call(node, mod, a[0])
             return
@@ -211,13 +240,13 @@ class _Raiser:
             mod = self.owner(a[3] if len(a) > 3 else None, "running_mean") or self.owner(
                 a[1], "weight"
             )
-            m = self.modules.get(mod) if mod else None
+            m = self.layer(mod)
             if isinstance(m, nn.modules.instancenorm._InstanceNorm):
                 self.module_call(node, mod, a[0])
             return
         if t is aten.prelu.default:
             mod = self.owner(a[1], "weight")
-            if isinstance(self.modules.get(mod) if mod else None, nn.PReLU):
+            if isinstance(self.layer(mod), nn.PReLU):
                 self.module_call(node, mod, a[0])
             return
         # -- functions -------------------------------------------------------------------------
@@ -319,6 +348,8 @@ def _sub(a: list[Any], kw: dict) -> tuple:
 
 
 _RULES: dict[Any, Callable[[list[Any], dict], tuple]] = {
+    aten.sym_size.int: lambda a, kw: ("size", (a[0], a[1]), {}),
+    aten.to.dtype: lambda a, kw: ("to", (a[0], a[1]), {}),
     aten.add.Tensor: _add,
     aten.add.Scalar: _add,
     aten.sub.Tensor: _sub,
@@ -347,15 +378,88 @@ _RULES: dict[Any, Callable[[list[Any], dict], tuple]] = {
 }
 
 
+def _inline_wrappers(gm: torch.fx.GraphModule) -> None:
+    """Inline the sub-graphs of ``with torch.autocast(enabled=False)`` and
+    ``with torch.no_grad()`` blocks in a forward (``wrap_with_autocast`` /
+    ``wrap_with_set_grad_enabled``): in an eval-mode float forward they change nothing."""
+    for _ in range(16):  # nested blocks: one level per pass
+        hit = False
+        for node in list(gm.graph.nodes):
+            name = getattr(node.target, "__name__", "")
+            if node.op != "call_function" or name not in (
+                "wrap_with_autocast",
+                "wrap_with_set_grad_enabled",
+            ):
+                continue
+            k = 4 if name == "wrap_with_autocast" else 1  # the sub-graph's position
+            if name == "wrap_with_autocast" and node.args[2]:  # an enabled autocast: keep
+                continue
+            sub_node, args = node.args[k], node.args[k + 1 :]
+            if not (isinstance(sub_node, torch.fx.Node) and sub_node.op == "get_attr"):
+                continue
+            sub = getattr(gm, str(sub_node.target))
+            env: dict[torch.fx.Node, Any] = {}
+            placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+            env.update(zip(placeholders, args, strict=True))
+            result: Any = None
+            with gm.graph.inserting_before(node):
+                for n in sub.graph.nodes:
+                    if n.op == "placeholder":
+                        continue
+                    if n.op == "output":
+                        result = torch.fx.map_arg(n.args[0], env.__getitem__)
+                        continue
+                    if n.op == "get_attr":
+                        t = f"{sub_node.target}_{n.target}".replace(".", "_")
+                        setattr(gm, t, getattr(sub, str(n.target)))
+                        env[n] = gm.graph.get_attr(t)
+                        continue
+                    env[n] = gm.graph.node_copy(n, env.__getitem__)
+            outs = result if isinstance(result, (tuple, list)) else (result,)
+            for u in list(node.users):
+                if u.op == "call_function" and u.target is operator.getitem:
+                    u.replace_all_uses_with(outs[u.args[1]])
+                    gm.graph.erase_node(u)
+            if node.users:
+                node.replace_all_uses_with(result)
+            gm.graph.erase_node(node)
+            if not sub_node.users:
+                gm.graph.erase_node(sub_node)
+            hit = True
+        if not hit:
+            break
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
+def _export(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[torch.fx.GraphModule, bool]:
+    """``torch.export``'s module of ``model``: with a dynamic batch dim where it allows one
+    (the graph then computes its sizes from the batch, so it runs at any batch size), else
+    specialized to the example shapes. Returns the module and whether the batch is dynamic."""
+    from torch.export import Dim
+
+    dynamic = tuple(
+        {0: Dim.AUTO} if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] > 1 else None
+        for t in inputs
+    )
+    with torch.no_grad():
+        if any(d is not None for d in dynamic):
+            try:
+                ep = torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
+                return ep.module(), True
+            except Exception:  # e.g. a batch-dependent branch: specialize instead
+                pass
+        return torch.export.export(model, inputs, strict=False).module(), False
+
+
 def export_graph(model: nn.Module, inputs: tuple[Tensor, ...]) -> torch.fx.GraphModule:
     """``torch.export`` ``model`` on ``inputs`` and raise the graph to the model's modules
     (see the module docstring). Raises what ``torch.export`` raises, or ``RuntimeError`` if
     the raised graph does not compute the model's outputs."""
     from ..verify import flatten_outputs
 
-    with torch.no_grad():
-        ep = torch.export.export(model, tuple(inputs), strict=False)
-        exported = ep.module()
+    exported, dynamic = _export(model, tuple(inputs))
+    _inline_wrappers(exported)
     _Raiser(exported, model).run()
     root: dict[str, Any] = {}
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
@@ -377,6 +481,7 @@ def export_graph(model: nn.Module, inputs: tuple[Tensor, ...]) -> torch.fx.Graph
         for w, h in zip(want, got, strict=True)
     ):
         raise RuntimeError("the graph raised from torch.export does not reproduce the model")
+    gm.meta[DYNAMIC_BATCH] = dynamic
     return gm
 
 

@@ -636,6 +636,11 @@ class _SlotTracer:
             return
         if isinstance(mod, ops.BLOCKING_NORMS):
             n = len(mod.normalized_shape)
+            params = [
+                (target, p) for p in ("weight", "bias") if isinstance(getattr(mod, p, None), Tensor)
+            ]
+            if n == 1 and self.mixing_norm(x, params, target, type(mod).__name__ == "RMSNorm"):
+                return
             self.norm_over(
                 x,
                 list(range(len(xshape) - n, len(xshape))),
@@ -767,6 +772,22 @@ class _SlotTracer:
         for mod, p in params:
             self.add(mod, p, 0, xs, "norm", x.name)
         self.set_out(xs, ch)
+
+    def mixing_norm(
+        self, x: torch.fx.Node, params: list[tuple[str, str]], module: str | None, rms: bool
+    ) -> bool:
+        """A LayerNorm / RMSNorm over the channels (the last dim, and only it): it mixes them
+        through its mean and variance, yet a channel that is exactly zero at its input can go,
+        the norm then counting it as a zero (``layers.PaddedNorm``). Kind ``mixnorm``: the
+        compiler removes only channels that are zero at the input. False when the channels
+        are not exactly the last dim (the caller blocks them)."""
+        xs, xa = self.lay(x)
+        shape = shape_of(x)
+        if xs is None or shape is None or xa != (len(shape) - 1,):
+            return False
+        self.norm(x, len(shape) - 1, params, module, kind="mixnorm")
+        self.g.info[self.node.name].detail["rms"] = rms
+        return True
 
     def norm_over(self, x: torch.fx.Node, dims: list[int], reason: str) -> None:
         """A normalization over ``dims``: it blocks channels among them, and passes others."""
@@ -1638,6 +1659,19 @@ class _SlotTracer:
         if fn is F.layer_norm:
             shp = _arg(node, 1, "normalized_shape", ())
             n = len(shp) if isinstance(shp, (list, tuple)) else 1
+            affine = [_arg(node, i, k, None) for i, k in ((2, "weight"), (3, "bias"))]
+            if n == 1 and all(
+                p is None
+                or (isinstance(p, torch.fx.Node) and p.op == "get_attr" and len(p.users) == 1)
+                for p in affine
+            ):
+                params = [p for p in affine if p is not None]
+                owners = [_owner(self.gm, p.target) for p in params]
+                if self.mixing_norm(x, owners, None, False):
+                    for p in params:
+                        self._claim(p)
+                    self.g.info[node.name].inputs = [x.name]
+                    return
             self.norm_over(
                 x,
                 list(range(len(xshape) - n, len(xshape))),
