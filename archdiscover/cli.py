@@ -209,9 +209,45 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     _run_dir_arg(args.run_dir)
     paths = report(args.run_dir, _out_dir_arg("--out", args.out))
-    for p in paths:
+    arch = _architecture_plot(args.run_dir, paths[0].parent)
+    for p in [*paths, *([arch] if arch is not None else [])]:
         print(p)
     return 0
+
+
+def _architecture_plot(run_dir: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path | None:
+    """``architecture.png``: the supernet's topology beside the compiled one's (layers with
+    their widths, connections), for a finished run (one with ``model.pt``)."""
+    if not (run_dir / "model.pt").is_file():
+        return None
+    from .compiler import compile as compile_model
+    from .compiler.errors import CompileError
+    from .compiler.topology import layer_graph, summarize
+    from .engine import load_trained
+    from .plots import plot_architecture
+
+    model, _meta = load_trained(run_dir)
+    x, _cfg = _example_inputs(run_dir, 64)
+    try:
+        compiled = compile_model(model, x)
+    except CompileError as e:
+        first = str(e).splitlines()[0]
+        print(f"archdiscover: architecture.png not drawn: {first}", file=sys.stderr)
+        return None
+    rep = compiled.report
+    c = summarize(rep.connections)
+    kept = c["folded"] + c["kept"]
+    gates = f", {kept} of {c['total']} gated connections" if c["total"] else ""
+    return plot_architecture(
+        {
+            f"supernet: {rep.params_before:,} parameters": layer_graph(model, x),
+            f"discovered (compiled): {rep.params_after:,} parameters{gates}": layer_graph(
+                compiled.model, x
+            ),
+        },
+        out_dir / "architecture.png",
+        title=run_dir.resolve().name,
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -326,7 +362,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--repeats", type=int, default=40)
     c.set_defaults(fn=_cmd_compile)
 
-    r = sub.add_parser("report", help="PNG plots of a run (metrics, scale space, widths)")
+    r = sub.add_parser(
+        "report", help="PNG plots of a run (metrics, scale space, widths, architecture)"
+    )
     r.add_argument("run_dir", type=pathlib.Path)
     r.add_argument("--out", type=pathlib.Path, help="default: RUN_DIR/plots")
     r.set_defaults(fn=_cmd_report)

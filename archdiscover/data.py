@@ -5,7 +5,8 @@
 - Read from a directory the user provides, in their standard formats: MNIST and
   Fashion-MNIST (IDX files), CIFAR-10 (python pickle batches); the official train/test split.
   The directory is ``data_dir=`` or else the environment variable ``ARCHDISCOVER_DATA``.
-- Transforms: :func:`pad_images` (e.g. 28x28 -> 32x32), :func:`denoising` (noisy -> clean).
+- Transforms: :func:`pad_images` (e.g. 28x28 -> 32x32), :func:`denoising` (noisy -> clean),
+  :func:`gaussian_blur` (the degradation of a deblurring task).
 - :func:`load` picks any of them by name (see :data:`DATASETS`).
 
 Nothing here touches the network; a missing file raises :class:`DatasetNotFoundError`.
@@ -42,6 +43,7 @@ __all__ = [
     "denoising",
     "digits",
     "fashion_mnist",
+    "gaussian_blur",
     "load",
     "mnist",
     "mnist5k",
@@ -445,6 +447,32 @@ def add_noise(
     device = generator.device if generator is not None else x.device
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device)
     return x + std * noise.to(x.device)
+
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int = 9, sigma: float = 5.0) -> torch.Tensor:
+    """Blur each channel of images ``x`` ``(N, C, H, W)`` with a normalized Gaussian kernel.
+
+    ``k(i, j) = exp(-((i - c)^2 + (j - c)^2) / (2 sigma^2)) / Z`` on a ``kernel_size``
+    square (``c`` its centre, ``Z`` so that the weights sum to 1), applied per channel
+    with replicate padding, so the output has ``x``'s shape and a constant image stays
+    constant (for MNIST, whose borders are background, this is the authors' zero padding
+    of the pixel image; the defaults are their deblurring task's kernel 9, sigma 5).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"gaussian_blur expects images (N, C, H, W), got shape {tuple(x.shape)}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd number >= 1, got {kernel_size}")
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be finite and > 0, got {sigma}")
+    c = (kernel_size - 1) / 2
+    t = torch.arange(kernel_size, dtype=torch.float64) - c
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    k = torch.outer(g, g)
+    k = (k / k.sum()).to(x.dtype).to(x.device)
+    ch = x.shape[1]
+    pad = kernel_size // 2
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    return torch.nn.functional.conv2d(xp, k.expand(ch, 1, kernel_size, kernel_size), groups=ch)
 
 
 def _check_std(std: float) -> None:

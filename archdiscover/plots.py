@@ -16,7 +16,10 @@ be absent when there is no validation set, and ``lam`` may be null).
 * :func:`plot_scale_space` -- the inverse-scale-space path: active units of every layer,
   and the density, per epoch;
 * :func:`plot_widths` -- supernet width against discovered width, per layer;
-* :func:`report` -- all three, written as PNGs next to the log.
+* :func:`plot_architecture` -- topologies as graphs (layers as nodes with their widths,
+  connections as edges), e.g. a supernet beside the network compiled from it;
+* :func:`report` -- the first three, written as PNGs next to the log (``archdiscover
+  report`` adds ``architecture.png`` when the run saved its model).
 
 Figures are built with :class:`matplotlib.figure.Figure` and saved with
 :meth:`~matplotlib.figure.Figure.savefig`, without pyplot: no global backend state, no
@@ -43,6 +46,7 @@ __all__ = [
     "layer_growth",
     "log_axis",
     "metrics_figure",
+    "plot_architecture",
     "plot_metrics",
     "plot_scale_space",
     "plot_widths",
@@ -556,6 +560,108 @@ def plot_scale_space(
 def plot_widths(log: Sequence[dict[str, Any]], path: PathLike, *, title: str | None = None) -> Path:
     """:func:`widths_figure` saved as a PNG at ``path`` (parent folders are created)."""
     return _save(widths_figure(log, title=title), path)
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+def _short(name: str) -> str:
+    """A node label: ``blocks.3.linear`` -> ``blocks.3``."""
+    for tail in (".linear", ".conv"):
+        if name.endswith(tail) and name != tail:
+            return name[: -len(tail)]
+    return name
+
+
+def _draw_topology(ax: Axes, G: Any, title: str) -> None:
+    import networkx as nx
+
+    if G.number_of_nodes() == 0:
+        _no_data(ax, "no layers")
+        ax.set_title(title)
+        return
+    order = {n: i for i, n in enumerate(nx.topological_sort(G))}
+    for n in G.nodes:
+        G.nodes[n]["_col"] = order[n]
+    pos = nx.multipartite_layout(G, subset_key="_col", align="vertical")
+    pos = {n: (float(x), 0.0) for n, (x, _y) in pos.items()}  # one row, in data-flow order
+    step = 1.0 / max(1, len(order) - 1)
+    widths = [max(1, int(G.nodes[n].get("width") or 1)) for n in G.nodes]
+    top = max(widths)
+    sizes = [120 + 900 * math.sqrt(w / top) for w in widths]
+    colors = ["0.85" if G.nodes[n].get("kind") in ("input", "output") else "C0" for n in G.nodes]
+    nx.draw_networkx_nodes(G, pos, ax=ax, node_size=sizes, node_color=colors, edgecolors="0.3")
+    size_of = dict(zip(G.nodes, sizes, strict=True))
+    span = max(1, len(order) - 1)
+    for a, b, d in G.edges(data=True):
+        hops = abs(order[b] - order[a])
+        gated = d.get("gate") is not None
+        rad = 0.0 if hops <= 1 else -(0.15 + 0.3 * hops / span)  # skips arc above the row
+        nx.draw_networkx_edges(
+            G,
+            pos,
+            edgelist=[(a, b)],
+            nodelist=[a, b] if a != b else [a],
+            ax=ax,
+            connectionstyle=f"arc3,rad={rad}",
+            edge_color="C3" if gated else "0.25",
+            style="dashed" if gated else "solid",
+            width=1.2,
+            arrows=True,
+            arrowsize=8,
+            node_size=[size_of[a], size_of[b]] if a != b else [size_of[a]],
+        )
+    for n, (x, y) in pos.items():
+        w = G.nodes[n].get("shape") or G.nodes[n].get("width")
+        ax.annotate(
+            f"{_short(n)}\n{w}" if w is not None else _short(n),
+            (x, y),
+            xytext=(0, -22),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize="x-small",
+            rotation=0 if len(order) <= 10 else 60,
+        )
+    n_gated = sum(1 for *_e, d in G.edges(data=True) if d.get("gate") is not None)
+    n_skip = sum(1 for a, b in G.edges if abs(order[b] - order[a]) > 1)
+    ax.set_title(
+        f"{title}\n{G.number_of_edges()} connections: {n_skip} skip a layer, {n_gated} gated",
+        fontsize="small",
+    )
+    ax.set_xlim(-1 - step, 1 + step)
+    ax.set_ylim(-0.4, 0.8)
+    ax.axis("off")
+
+
+def plot_architecture(graphs: dict[str, Any], path: PathLike, *, title: str | None = None) -> Path:
+    """Draw topologies side by side, one panel per ``{caption: graph}``.
+
+    Each graph is a :class:`networkx.DiGraph` as
+    :func:`archdiscover.compiler.topology.layer_graph` returns it: nodes are layers (and
+    ``input`` / ``output``) with a ``width`` attribute, edges are connections, gated ones
+    with a ``gate`` name. Layers sit on one row in data-flow order (networkx's
+    multipartite layout over a topological order), node area grows with the width (the
+    number under the name), a connection between neighbours is a straight arrow and a skip
+    an arc above the row; gated connections are dashed red, ungated ones solid grey.
+
+    Args:
+        graphs: captions to graphs, e.g. ``{"supernet": G0, "discovered": G1}``.
+        path: the PNG to write (parent folders are created).
+        title: optional figure title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    if not graphs:
+        raise ValueError("plot_architecture needs at least one graph")
+    n = len(graphs)
+    fig = Figure(figsize=(6.5 * n, 4.4), dpi=DPI, layout="tight")
+    for i, (caption, G) in enumerate(graphs.items()):
+        _draw_topology(fig.add_subplot(1, n, i + 1), G, caption)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------- report

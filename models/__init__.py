@@ -5,6 +5,7 @@ from .convnet import ConvNet
 from .mlp import MLP
 from .registry import available, build, check_args, register
 from .resnet import BasicBlock, Bottleneck, ResNet
+from .skip import SkipAutoencoder, SkipConvAutoencoder
 
 __all__ = [
     "MLP",
@@ -14,6 +15,8 @@ __all__ = [
     "ConvNet",
     "DenseAutoencoder",
     "ResNet",
+    "SkipAutoencoder",
+    "SkipConvAutoencoder",
     "available",
     "build",
     "check_args",

@@ -21,6 +21,8 @@ NAMES = [
     "resnet18",
     "resnet20",
     "resnet_bottleneck",
+    "skip_autoencoder",
+    "skip_conv_autoencoder",
 ]
 
 # (name, kwargs, input shape, output shape)
@@ -43,6 +45,8 @@ CASES = [
     ("resnet18", {"in_channels": 1}, (2, 1, 28, 28), (2, 10)),
     ("resnet_bottleneck", {}, (2, 3, 32, 32), (2, 10)),
     ("mlp", {}, (2, 1, 28, 28), (2, 10)),
+    ("skip_autoencoder", {}, (2, 1, 28, 28), (2, 1, 28, 28)),
+    ("skip_conv_autoencoder", {"widths": (4, 6)}, (2, 1, 12, 10), (2, 1, 12, 10)),
 ]
 
 

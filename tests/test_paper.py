@@ -71,6 +71,30 @@ def test_autoencoder_script_quick(tmp_path):
     _pngs(out)
 
 
+def test_skip_autoencoder_script_quick(tmp_path):
+    out = _load("skip_autoencoder").main(["--quick", "--ablations", "--out", str(tmp_path)])
+    tasks = [out, out["deblurring"]]
+    for r in tasks:
+        assert set(r) >= {"noisy", "dense", "discovered"}
+        for row in (r["noisy"], r["dense"], r["discovered"]):
+            assert -1 <= row["ssim"] <= 1 and 0 < row["psnr"] < 60
+        d = r["discovered"]
+        assert d["skips_total"] == 1 + 2 + 3 == len(d["connections"])  # 3 blocks in --quick
+        kept = [c for c in d["connections"] if c["status"] in ("folded", "kept")]
+        assert d["skips_kept"] == len(kept)
+        assert all(c["value"] == 0 for c in d["connections"] if c["status"] == "removed")
+        assert set(d["widths"]) == {f"blocks.{i}.linear" for i in range(3)}
+        assert d["onnx_max_abs_error"] < 1e-4 and d["compile_max_rel_error"] < 1e-5
+        assert d["params"] <= d["params_supernet"]
+    assert out["deblurring"]["noisy"]["psnr"] < out["noisy"]["psnr"]  # blur + noise is worse
+    ab = out["ablations"]
+    assert len(ab) == 3 and "ablations" not in out["deblurring"]
+    assert all(r["gates_total"] == 6 and 0 < r["psnr"] < 60 for r in ab.values())
+    assert {r["model_args"]["out_floor"] is None for r in ab.values()} == {True, False}
+    assert set(out["curves"]) == {"denoising", "deblurring"}
+    _pngs(out)
+
+
 def test_resnet_vs_torch_pruning_script_quick(tmp_path):
     out = _load("resnet_vs_torch_pruning").main(["--quick", "--out", str(tmp_path)])
     ours = out["results"]["archdiscover (AdaBreg, coupled groups, compiled)"]

@@ -12,14 +12,17 @@ Every channel of every tensor in the traced graph is classified *structurally* a
   constant there); a tensor attribute is constant along the dims that hold no channels
   when its values are;
 * reshapes, permutes and indexing move constness with the channels;
-* sums and products of constants are constant; a product with an exact zero is zero; a
-  softmax row mixing a constant value channel (``attn @ v``, attention heads) keeps it.
+* sums and products of constants are constant; a product with an exact zero is zero (a
+  zero factor computed from parameters alone, a gate ``self.skips[k]``, included: also on
+  a tensor whose channels are not tracked, such as the model's input); a softmax row
+  mixing a constant value channel (``attn @ v``, attention heads) keeps it.
 
 The value of a constant channel is then read from one forward pass on the example inputs.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -57,6 +60,12 @@ def _rows(v: Tensor, axes: tuple[int, ...], n: int) -> Tensor:
     return v.movedim(axes, tuple(range(v.dim() - k, v.dim()))).reshape(-1, n)
 
 
+def _is_mul(node: torch.fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in (operator.mul, torch.mul)) or (
+        node.op == "call_method" and node.target == "mul"
+    )
+
+
 def producer_weight(gm: torch.fx.GraphModule, spec: Producer) -> Tensor:
     """The weight of a producer as ``(out, in / groups, *k)`` (detached)."""
     owner = gm.get_submodule(spec.module)
@@ -76,6 +85,8 @@ class ValueAnalysis:
         values: each node's output on the example inputs.
         const: per node, a boolean per channel: structurally constant.
         indep: per node, True when its value does not depend on the model's inputs.
+        zero_products: the products with a factor that does not depend on the inputs and
+            is exactly zero (a zero gate ``g * x``): zero whatever the input.
     """
 
     def __init__(self, g: ChannelGraph, inputs: tuple[Tensor, ...]) -> None:
@@ -92,6 +103,17 @@ class ValueAnalysis:
                 and all(self.indep.get(a.name, False) for a in node.all_input_nodes)
             )
             self._visit(node)
+        self.zero_products = {
+            node.name
+            for node in g.gm.graph.nodes
+            if _is_mul(node)
+            and any(
+                self.indep.get(f.name, False)
+                and f.name in self.values
+                and not bool(self.values[f.name].any())
+                for f in node.all_input_nodes
+            )
+        }
 
     # -- values -----------------------------------------------------------------------
     def value_of(self, name: str) -> np.ndarray:
@@ -108,6 +130,8 @@ class ValueAnalysis:
 
     def zero_tensor(self, name: str) -> bool:
         """True when node ``name`` is structurally constant and exactly zero everywhere."""
+        if name in self.zero_products:
+            return True
         c = self.const.get(name)
         return c is not None and bool(c.all()) and not bool(self.values[name].any())
 

@@ -4,7 +4,10 @@
 
 1. trace it (:mod:`archdiscover.graph`) and analyse which channels are constant
    (:mod:`.analysis`);
-2. drop residual branches that are exactly zero, re-tracing until none is left (depth);
+2. topology (:mod:`.topology`): remove the connections whose gate is exactly zero, fold
+   the other gates into their consumers where exact, drop the layers that no longer reach
+   the output; then drop residual branches that are exactly zero, re-tracing until none is
+   left (depth);
 3. plan which coupled channel groups go (zero, dead downstream, or foldable constants),
    round the widths (:mod:`.passes`), fold the constants into the consumers' biases;
 4. remove the channels physically (:mod:`.prune`, Torch-Pruning's per-layer functions);
@@ -31,7 +34,7 @@ from ..export import export_onnx
 from ..graph.ops import EVAL_IDENTITY_FUNCTIONS, producer_widths, qualified_name
 from ..graph.trace import TraceError, trace, weight_depth
 from ..verify import fresh_inputs, max_error, outputs
-from . import passes
+from . import passes, topology
 from .analysis import ValueAnalysis
 from .errors import CompileError
 from .prune import count, pad_mixing_norms, prune
@@ -48,7 +51,11 @@ class CompileReport:
     ``macs`` are multiply-accumulates for one sample (FLOPs = 2 x MACs); ``depth`` is the
     largest number of Conv/ConvTranspose/Linear layers on a path from input to output;
     ``layers`` maps each weight layer to ``(width before, width after)`` (``after`` is 0 for
-    a layer that was dropped with its residual branch).
+    a layer that was dropped with its residual branch or because it no longer reached the
+    output). ``connections`` lists every gated connection (:class:`.topology.Connection`
+    as a dict: gate, source, targets, value, status ``removed`` / ``folded`` / ``kept``);
+    ``dropped_layers`` the layers that no longer reached the output, ``constant_layers``
+    the Linear layers with all-zero weights that became their bias.
     """
 
     params_before: int
@@ -66,6 +73,9 @@ class CompileReport:
     max_error: float
     seconds: float
     auto: dict[int, dict[str, float]] = field(default_factory=dict)
+    connections: list[dict[str, Any]] = field(default_factory=list)
+    dropped_layers: list[str] = field(default_factory=list)
+    constant_layers: list[str] = field(default_factory=list)
     tracer: str = "torch.fx"
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -108,6 +118,21 @@ class CompileReport:
         )
         for reason, n in self.kept.items():
             lines.append(f"kept {n} removable-looking group(s): {reason}")
+        if self.connections:
+            c = topology.summarize(self.connections)
+            lines.append(
+                f"gated connections: {c['folded'] + c['kept']} of {c['total']} kept "
+                f"({c['folded']} folded into their consumer, {c['kept']} as a multiplication); "
+                f"{c['removed']} removed with their zero gate, {c['dropped']} with their layer"
+            )
+        if self.dropped_layers:
+            lines.append(
+                "layers dropped (no longer reach the output): " + ", ".join(self.dropped_layers)
+            )
+        if self.constant_layers:
+            lines.append(
+                "zero-weight layers replaced by their bias: " + ", ".join(self.constant_layers)
+            )
         odd = [n for n, (a, b) in self.layers.items() if 8 < b < a and b % 8]
         if self.round_to == 1 and odd:
             lines.append(
@@ -232,6 +257,14 @@ def compile_once(
     except TraceError as e:
         raise CompileError(str(e)) from e
     depth0 = weight_depth(g)
+    # gates are found on torch.fx graphs (torch.export's are specialized to the shapes)
+    topo = (
+        topology.simplify(g, ValueAnalysis(g, inputs))
+        if g.tracer == "torch.fx"
+        else topology.TopologyResult()
+    )
+    if topo.changed:
+        g = trace(g.gm, inputs)
     dropped: list[str] = []
     a = ValueAnalysis(g, inputs)
     # torch.export's graph is specialized to the example shapes: keep the user's module
@@ -256,9 +289,11 @@ def compile_once(
     changed = rewrite_sizes(g, p.remove)
     attributes = update_attributes(g, work, changed)
     # the user's class when it computes the new sizes itself, else the rewritten graph
-    if dropped:
+    if dropped or topo.changed:
         choices: list[nn.Module] = [_rooted(work, g.gm)]
         choices[0].delete_all_unused_submodules()  # type: ignore[operator]
+        if topo.changed:  # e.g. the gates of connections that went
+            topology.delete_unused_tensors(choices[0])  # type: ignore[arg-type]
     elif (g.sizes or padded) and p.remove and _general(g):
         choices = [work, _rooted(work, g.gm)]
     else:
@@ -306,6 +341,9 @@ def compile_once(
         round_to=round_to,
         max_error=worst.rel,
         seconds=time.perf_counter() - t0,
+        connections=[vars(c).copy() for c in topo.connections],
+        dropped_layers=topo.dropped_layers,
+        constant_layers=topo.constant_layers,
         tracer=g.tracer,
         attributes=attributes if out_model is work else {},
     )

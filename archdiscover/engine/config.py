@@ -35,7 +35,7 @@ __all__ = [
 
 OPTIMIZERS = ("linbreg", "adabreg", "proxsgd", "sgd", "adam")
 REGULARIZERS = ("l1", "group", "kernels", "coupled", "coupled_weights", "none")
-TASKS = ("classification", "denoising")
+TASKS = ("classification", "denoising", "deblurring")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -55,8 +55,10 @@ class TrainConfig:
         dataset: ``mnist5k``, ``digits``, ``mnist``, ``fashion_mnist`` or ``cifar10``
             (the last three read from ``data_dir`` or ``$ARCHDISCOVER_DATA``); ``pad_to``
             zero-pads images to a square size (e.g. 32 for CIFAR ResNets on MNIST).
-        task: ``classification`` (cross-entropy, accuracy) or ``denoising`` (the model
-            maps ``x + noise_std * N(0, 1)`` to ``x``; MSE, PSNR).
+        task: ``classification`` (cross-entropy, accuracy), ``denoising`` (the model
+            maps ``x + noise_std * N(0, 1)`` to ``x``; MSE, PSNR) or ``deblurring`` (it
+            maps ``blur(x) + noise_std * N(0, 1)`` to ``x``, ``blur`` a Gaussian of
+            ``blur_kernel`` x ``blur_kernel`` pixels and std ``blur_sigma``).
         optimizer: ``linbreg`` (``momentum`` and ``dampening`` as in ``torch.optim.SGD``;
             the paper's momentum is ``dampening = momentum``), ``adabreg``, ``proxsgd``, or
             the dense baselines ``sgd`` / ``adam``.
@@ -68,7 +70,9 @@ class TrainConfig:
             non-zero, so dead channels can come back), or ``none``; ``lam`` its strength.
             With ``group`` and ``kernels``, a layer none of whose outputs can be removed
             (it makes the model's output) gets entry-wise L1 instead: switching off one of
-            its output units would only switch off an output.
+            its output units would only switch off an output. Gates of gated connections
+            (scalar parameters scaling a whole tensor) get ``L1(gate_lam)`` in a group of
+            their own (``gate_lam`` unset: ``lam``).
         init_density: fraction of weights / units kept by the sparse initialization
             (1.0 = a dense Kaiming start).
         bias_init: biases at the sparse initialization: ``zero``, ``keep`` (torch's
@@ -95,6 +99,8 @@ class TrainConfig:
     pad_to: int | None = None
     task: str = "classification"
     noise_std: float = 0.5
+    blur_kernel: int = 9
+    blur_sigma: float = 5.0
     optimizer: str = "linbreg"
     lr: float = 0.1
     momentum: float = 0.9
@@ -102,6 +108,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     regularizer: str = "l1"
     lam: float = 0.03
+    gate_lam: float | None = None
     init_density: float = 0.01
     bias_init: str = "auto"
     target_density: float | None = None
@@ -191,6 +198,15 @@ class TrainConfig:
         )
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
+        need(
+            self.gate_lam is None or self.gate_lam >= 0,
+            f"gate_lam must be >= 0, got {self.gate_lam}",
+        )
+        need(
+            self.blur_kernel >= 1 and self.blur_kernel % 2 == 1,
+            f"blur_kernel must be an odd number >= 1, got {self.blur_kernel}",
+        )
+        need(self.blur_sigma > 0, f"blur_sigma must be > 0, got {self.blur_sigma}")
         need(0 < self.init_density <= 1, f"init_density must be in (0, 1], got {self.init_density}")
         need(
             self.bias_init in ("auto", *BIAS_INITS),

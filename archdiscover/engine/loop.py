@@ -1,4 +1,5 @@
-"""The training loop: one loop for classification and denoising, with logs and exact resume.
+"""The training loop: one loop for classification, denoising and deblurring, with logs and
+exact resume.
 
 ``train(config, run_dir)`` builds the supernet (:mod:`archdiscover.models`), the data
 (:mod:`archdiscover.data`), the optimizer (Bregman or ``torch.optim``) with its regularizer
@@ -264,7 +265,8 @@ def _train(
     split = load_split(cfg)
     xs, ys = (t.to(device) for t in split.train.tensors)
     xt, yt = (t.to(device) for t in split.test.tensors)
-    denoise = cfg.task == "denoising"
+    denoise = cfg.task in ("denoising", "deblurring")
+    degrade = _degradation(cfg)
     if denoise:
         gen = torch.Generator().manual_seed(cfg.seed + 7919)
         noise_t = torch.randn(xt.shape, generator=gen).to(device) * cfg.noise_std
@@ -348,7 +350,7 @@ def _train(
                 g = torch.Generator().manual_seed((cfg.seed * 100003 + epoch) * 100003 + bi)
                 noise = torch.randn((len(batch), *xb.shape[1:]), generator=g)
                 target = xb
-                xb = xb + cfg.noise_std * noise[dd.rank :: dd.world].to(device)
+                xb = degrade(xb) + cfg.noise_std * noise[dd.rank :: dd.world].to(device)
             else:
                 target = ys[idx]
             opt.zero_grad(set_to_none=True)
@@ -372,7 +374,7 @@ def _train(
             total, count = sums[0], int(sums[1])
         if lr_sched is not None:
             lr_sched.step()
-        record = _evaluate(model, xt, yt, noise_t if denoise else None, loss_fn, cfg)
+        record = _evaluate(model, xt, yt, noise_t if denoise else None, loss_fn, cfg, degrade)
         if not math.isfinite(record["val_loss"]):
             raise _divergence(cfg, epoch, "", "validation loss", record["val_loss"])
         bad = next((n for n, t in model.state_dict().items() if t.is_floating_point()
@@ -457,6 +459,14 @@ def _train(
     return RunResult(model, last, run_dir, start, opt, dd)
 
 
+def _degradation(cfg: TrainConfig) -> Callable[[Tensor], Tensor]:
+    """What the task does to a clean batch before the noise: a Gaussian blur for
+    ``deblurring``, nothing otherwise."""
+    if cfg.task == "deblurring":
+        return lambda x: _data.gaussian_blur(x, cfg.blur_kernel, cfg.blur_sigma)
+    return lambda x: x
+
+
 def _sparsity(model: nn.Module) -> dict[str, Any]:
     rep = sparsity_report(model)
     return {
@@ -490,13 +500,14 @@ def _evaluate(
     noise: Tensor | None,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     cfg: TrainConfig,
+    degrade: Callable[[Tensor], Tensor] = lambda x: x,
 ) -> dict[str, float]:
     model.eval()
     total, correct = 0.0, 0
     for i in range(0, len(xt), 512):
         xb = xt[i : i + 512]
         if noise is not None:
-            out = model(xb + noise[i : i + 512])
+            out = model(degrade(xb) + noise[i : i + 512])
             total += float(loss_fn(out, xb, reduction="sum")) / xb[0].numel()
         else:
             out = model(xb)

@@ -9,6 +9,14 @@
 
 With ``group`` and ``kernels`` a layer none of whose outputs can be removed (found with
 :func:`archdiscover.inspect`: it makes the model's output) gets entry-wise L1 instead.
+
+Gates (:mod:`archdiscover.graph.gates`: scalar parameters that scale a whole tensor, one
+per candidate connection, e.g. the ``skips`` of ``models.skip_autoencoder``) get a param
+group of their own with every recipe but ``none``: ``L1(gate_lam)`` (``lam`` when
+``gate_lam`` is unset), one scalar per connection, so a connection enters the network when
+its gate leaves zero. Which layers count as model-output layers is judged with every gated
+connection absent (the sparse start: gates begin at zero), so a candidate skip from the
+input does not freeze the widths it could later couple.
 """
 
 from __future__ import annotations
@@ -27,7 +35,43 @@ __all__ = ["build_optimizer", "lr_scheduler", "param_groups"]
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[dict[str, Any]]:
-    """The optimizer param groups of ``cfg.regularizer`` at strength ``cfg.lam``."""
+    """The optimizer param groups of ``cfg.regularizer`` at strength ``cfg.lam``, with the
+    gates of gated connections in a group ``"gates"`` of their own (see the module doc)."""
+    groups = _recipe_groups(model, cfg, example)
+    if cfg.regularizer == "none":
+        return groups
+    return _gate_group(model, example, groups, getattr(cfg, "gate_lam", None), cfg.lam)
+
+
+def _gate_group(
+    model: nn.Module,
+    example: Tensor,
+    groups: list[dict[str, Any]],
+    gate_lam: float | None,
+    lam: float,
+) -> list[dict[str, Any]]:
+    """Move the gate parameters out of ``groups`` into one group with ``L1(gate_lam)``."""
+    from ..graph.gates import gate_parameters
+
+    gates = list(gate_parameters(model, example).values())
+    if not gates:
+        return groups
+    ids = {id(p) for p in gates}
+    out = []
+    for grp in groups:
+        if getattr(grp.get("reg"), "joint", False):
+            if any(id(p) in ids for p in grp["params"]):  # pragma: no cover - not sliced
+                raise ValueError("a gate parameter is part of a coupled channel group")
+            out.append(grp)
+            continue
+        rest = [p for p in grp["params"] if id(p) not in ids]
+        if rest:
+            out.append({**grp, "params": rest})
+    out.append({"params": gates, "reg": L1(lam if gate_lam is None else gate_lam), "name": "gates"})
+    return out
+
+
+def _recipe_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[dict[str, Any]]:
     if cfg.regularizer in ("coupled", "coupled_weights"):
         from ..coupling import coupled_param_groups
 
@@ -76,10 +120,19 @@ def param_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[di
 def _fixed_layers(model: nn.Module, example: Tensor) -> set[str]:
     """Layers none of whose output units can be removed (they make the model's output):
     a row group there would only switch outputs off, so they get entry-wise L1 instead."""
+    from ..graph.gates import drop_gated_terms, find_gates
     from ..graph.groups import inspect
+    from ..graph.trace import TraceError, trace
 
-    rep = inspect(model, example)
-    if not rep.traceable:
+    try:  # judged with every gated connection absent (gates start at zero)
+        gm = trace(model, example).gm
+    except TraceError:
+        return set()
+    if drop_gated_terms(gm, find_gates(gm)):
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    rep = inspect(gm, example)
+    if not rep.traceable:  # pragma: no cover - traced above
         return set()
     return {name for name, (removable, _total) in rep.layers.items() if removable == 0}
 
