@@ -19,14 +19,13 @@ to one, so a constant value channel gives a constant output channel (folded into
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch.fx
 from torch import nn
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .trace import _SlotTracer
+from .records import BLOCKED, Member, NodeInfo, Producer, shape_of
 
 __all__ = ["inner_name", "trace_multihead_attention"]
 
@@ -40,10 +39,9 @@ def _arg(node: torch.fx.Node, i: int, key: str, default: Any) -> Any:
     return node.args[i] if len(node.args) > i else node.kwargs.get(key, default)
 
 
-def trace_multihead_attention(t: _SlotTracer, mod: nn.MultiheadAttention) -> None:
-    """Slots and members of one ``nn.MultiheadAttention`` call (see the module docstring)."""
-    from .trace import BLOCKED, Member, NodeInfo, Producer, shape_of
-
+def trace_multihead_attention(t: Any, mod: nn.MultiheadAttention) -> None:
+    """Slots and members of one ``nn.MultiheadAttention`` call (see the module docstring);
+    ``t`` is the tracer at that node (:mod:`.trace`'s slot tracer: ``g``, ``node``, ...)."""
     g, node = t.g, t.node
     target = str(node.target)
     q, k, v = (_arg(node, i, n, None) for i, n in enumerate(("query", "key", "value")))
