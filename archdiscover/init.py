@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .graph import ops
+from .growth import enable_growth
 from .regularizers import L1, Regularizer
 
 __all__ = ["BIAS_INITS", "sparse_init_"]
@@ -31,6 +32,7 @@ def sparse_init_(
     nonlinearity: str = "relu",
     bias: str = "zero",
     generator: torch.Generator | None = None,
+    grow: bool = True,
 ) -> nn.Module:
     r"""Re-initialize the weights of ``model``'s Linear/Conv/ConvTranspose layers sparsely.
 
@@ -41,6 +43,14 @@ def sparse_init_(
     regularizer is :class:`~archdiscover.regularizers.Null` gets the dense Kaiming init
     (density 1); a weight not covered at all (a mapping without its name, an optimizer
     without it) is left untouched.
+
+    Coupled channel groups (a :class:`~archdiscover.regularizers.CoupledGroupL12` param
+    group, from :func:`archdiscover.coupled_param_groups`) are drawn *per layer*: the groups
+    that live in the same tensors (one conv's channels, one residual stream's channels
+    across its blocks) form a layer, and each layer keeps ``max(1, round(density * n))`` of
+    its ``n`` groups, so every layer starts with at least one channel and with the density
+    asked. In the other groups every regularized slice (BatchNorm scale and shift, or rows
+    and biases) is set exactly to zero; unregularized filters get the dense Kaiming init.
 
     Args:
         model: the network; modified in place and returned.
@@ -53,11 +63,17 @@ def sparse_init_(
         bias: the biases of the re-initialized layers: ``"zero"``; ``"keep"`` (as they are,
             e.g. torch's default ``U(-1/sqrt(n), 1/sqrt(n))``); or ``"positive"``,
             ``U(0, 1/sqrt(n))`` as in the paper's code. With zero weights *and* zero biases
-            a unit's pre-activation is 0 and, behind a ReLU (``relu'(0) = 0``), its weights
-            get no gradient: a unit absent at the start can then never enter. A positive
-            bias keeps every unit's output ``relu(b) > 0`` alive, so its weights see a
-            gradient and the inverse scale space can add it.
+            a unit's pre-activation is exactly 0; with ``grow=True`` it still receives its
+            gradient (see ``grow``), so ``"zero"`` is the right start for discovery. (A
+            positive bias is the paper's other way in: the unit outputs the constant
+            ``relu(b)``, which only carries the mean of the error downstream.)
         generator: for reproducible masks and values.
+        grow: install :func:`archdiscover.growth.enable_growth` on ``model``: in training
+            mode, ReLU-type activations take the subgradient 1 at exactly 0 (forward
+            values unchanged), so the units this start switches off (zero row and bias, or
+            zero BatchNorm scale and shift: a pre-activation of exactly 0) still see their
+            gradient and the Bregman iteration can add them. ``False`` leaves PyTorch's
+            ``relu'(0) = 0``, under which a unit that starts exactly zero never enters.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 10))
@@ -111,7 +127,7 @@ def sparse_init_(
             else:
                 mask = r.group_mask(w.shape, density, generator)
             kept = mask.float().mean().item()
-            std = gain / math.sqrt(ops.fan_in(module) * kept)
+            std = gain / math.sqrt(ops.fan_in(module) * max(kept, 1.0 / mask.numel()))
             values = torch.randn(w.shape, generator=generator, dtype=w.dtype) * std
             w.copy_((values * mask).to(w.device))
             if module.bias is not None and bias == "zero":
@@ -123,18 +139,32 @@ def sparse_init_(
         # channels are zeroed so that the whole group starts exactly at zero
         for p, mask in joint_masks.items():
             p.mul_(mask.to(p.dtype))
+    if grow:
+        enable_growth(model)
     return model
 
 
 def _joint_masks(
     params: list[Tensor], reg: Regularizer, density: float, generator: torch.Generator | None
 ) -> dict[Tensor, Tensor]:
-    """Keep ``max(1, round(density * n_groups))`` random coupled groups: a mask per tensor,
-    shaped to broadcast along the tensor's group dim (slices in no group are kept)."""
+    """Per layer, keep ``max(1, round(density * n))`` of its ``n`` coupled groups at random:
+    a mask per tensor, shaped to broadcast along the tensor's group dim (slices in no group
+    are kept). A *layer* is the set of groups that live in the same tensors (one conv's
+    channels; one residual stream's channels across its blocks)."""
     n = reg.n_groups  # type: ignore[attr-defined]
+    where: list[list[int]] = [[] for _ in range(n)]
+    for i, (_dim, ids) in enumerate(reg.index):  # type: ignore[attr-defined]
+        for j in set(ids):
+            if j >= 0:
+                where[j].append(i)
+    layers: dict[tuple[int, ...], list[int]] = {}
+    for j in range(n):
+        layers.setdefault(tuple(where[j]), []).append(j)
     keep = torch.zeros(n + 1, dtype=torch.bool)
-    k = min(n, max(1, round(density * n)))
-    keep[torch.randperm(n, generator=generator)[:k]] = True
+    for members in layers.values():
+        k = min(len(members), max(1, round(density * len(members))))
+        pick = torch.randperm(len(members), generator=generator)[:k]
+        keep[torch.tensor(members)[pick]] = True
     keep[n] = True
     out: dict[Tensor, Tensor] = {}
     for p, (dim, ids) in zip(params, reg.index, strict=True):  # type: ignore[attr-defined]

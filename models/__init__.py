@@ -2,6 +2,7 @@
 
 from .autoencoder import ConvAutoencoder, DenseAutoencoder
 from .convnet import ConvNet
+from .dncnn import DnCNN
 from .mlp import MLP
 from .registry import available, build, register
 from .resnet import BasicBlock, Bottleneck, ResNet
@@ -13,6 +14,7 @@ __all__ = [
     "ConvAutoencoder",
     "ConvNet",
     "DenseAutoencoder",
+    "DnCNN",
     "ResNet",
     "available",
     "build",

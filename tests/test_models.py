@@ -17,6 +17,7 @@ NAMES = [
     "conv_autoencoder",
     "convnet",
     "dense_autoencoder",
+    "dncnn",
     "mlp",
     "resnet18",
     "resnet20",
@@ -43,6 +44,8 @@ CASES = [
     ("resnet18", {"in_channels": 1}, (2, 1, 28, 28), (2, 10)),
     ("resnet_bottleneck", {}, (2, 3, 32, 32), (2, 10)),
     ("mlp", {}, (2, 1, 28, 28), (2, 10)),
+    ("dncnn", {}, (2, 1, 20, 24), (2, 1, 20, 24)),
+    ("dncnn", {"depth": 4, "widths": (5, 6, 7), "channels": 3}, (2, 3, 9, 9), (2, 3, 9, 9)),
 ]
 
 

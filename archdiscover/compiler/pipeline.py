@@ -6,7 +6,9 @@
    (:mod:`.analysis`);
 2. drop residual branches that are exactly zero, re-tracing until none is left (depth);
 3. plan which coupled channel groups go (zero, dead downstream, or foldable constants),
-   round the widths (:mod:`.passes`), fold the constants into the consumers' biases;
+   merge the constants that enter zero-padded convolutions into one carrier channel per
+   set of consumers (:mod:`.carry`), round the widths (:mod:`.passes`), fold the
+   constants into the consumers' biases and the merged ones into their carriers' weights;
 4. remove the channels physically (:mod:`.prune`, Torch-Pruning's per-layer functions);
 5. verify (:mod:`.verify`): the compact model must reproduce the original on the example
    inputs and on fresh random inputs to ``atol`` relative to the output scale, and neither
@@ -30,7 +32,7 @@ from ..export import export_onnx
 from ..graph.ops import producer_widths
 from ..graph.trace import TraceError, trace, weight_depth
 from ..verify import fresh_inputs, max_error, outputs
-from . import passes
+from . import carry, passes
 from .analysis import ValueAnalysis
 from .errors import CompileError
 from .prune import count, prune
@@ -212,8 +214,11 @@ def compile_once(
             f"zero channels cannot be removed through an unsupported operation: {reasons}. "
             "Pass strict=False to keep them (see archdiscover.inspect)."
         )
+    merges = carry.plan_carriers(g, a, p)
     passes.round_widths(g, p, round_to)
-    passes.fold_constants(g, a, p.fold)
+    merges = {lab: c for lab, c in merges.items() if lab in p.remove}
+    passes.fold_constants(g, a, p.fold - set(merges))
+    carry.merge_carriers(g, a, merges)
     prune(g, p.remove)
     out_model: nn.Module = g.gm if dropped else work
     if dropped:

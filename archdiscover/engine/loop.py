@@ -53,7 +53,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig
 from .dist import Dist, barrier, init_distributed
-from .recipes import build_optimizer, lr_scheduler
+from .recipes import build_optimizer, lr_scheduler, unit_counter
 
 __all__ = ["RunResult", "build_model", "load_split", "load_trained", "train"]
 
@@ -147,6 +147,7 @@ def train(
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     opt = build_optimizer(model, cfg, xs[:2])
+    count_units = unit_counter(model, cfg, xs[:2])
     if cfg.optimizer not in ("sgd", "adam"):
         gen = torch.Generator().manual_seed(cfg.seed)
         sparse_init_(model, cfg.init_density, reg=opt, bias=cfg.resolved_bias_init, generator=gen)
@@ -234,6 +235,7 @@ def train(
         if denoise:
             record["val_psnr"] = psnr_from_mse(record["val_loss"], peak)
         rep = sparsity_report(model)
+        units = count_units(model) if count_units is not None else rep.active_units()
         measured = None
         if measure is not None:
             measured = float(measure(model))
@@ -248,8 +250,9 @@ def train(
             **record,
             "density": rep.density,
             "weight_density": rep.weight_density,
-            "active_units": rep.active_units(),
+            "active_units": units,
             "widths": widths,
+            "unit_density": sum(units.values()) / max(1, sum(widths.get(k, 0) for k in units)),
             "lam": lams[0] if lams else None,
             **({"measured": measured} if measured is not None else {}),
             "lr": float(opt.param_groups[0]["lr"]),
