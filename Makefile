@@ -29,7 +29,7 @@ bench: venv
 	$(PY) benchmarks/compile_resnet.py
 
 # the paper's five experiments (docs/RESULTS.md): about 45 minutes on 2 CPU cores
-PAPER := mlp_mnist5k convnet_mnist5k autoencoder_mnist5k resnet_vs_torch_pruning flops_budget
+PAPER := mlp_mnist5k convnet_mnist5k autoencoder_mnist5k resnet_vs_torch_pruning flops_budget denoiser_discovery
 paper: venv
 	for s in $(PAPER); do $(PY) benchmarks/paper/$$s.py > docs/results/$$s.json || exit 1; done
 
