@@ -132,10 +132,11 @@ def active_channels(
     model: nn.Module,
     groups: Sequence[ChannelGroup],
     roles: str | Sequence[str] = "auto",
+    params: Sequence[str] = ("weight", "bias"),
 ) -> dict[str, int]:
     """Per producing layer (Conv / ConvTranspose / Linear), how many of its output channels
     are *active*: their coupled group has a non-zero slice among those
-    :func:`coupled_param_groups` regularizes with ``roles``.
+    :func:`coupled_param_groups` regularizes with ``roles`` and ``params``.
 
     With the default recipe an inactive channel outputs exactly zero (zero BatchNorm scale
     and shift, or zero row and bias), so these are the widths :func:`archdiscover.compile`
@@ -150,7 +151,11 @@ def active_channels(
         elif isinstance(m, nn.Linear):
             counts[name] = m.out_features
     for grp in groups:
-        slices = _regularized_slices(model, grp, None if auto else tuple(roles))
+        slices = [
+            s
+            for s in _regularized_slices(model, grp, None if auto else tuple(roles))
+            if s.param in params
+        ]
         if slices and not any(bool(s.tensor(model).any()) for s in slices):
             for prod in grp.producers:
                 n = sum(

@@ -36,10 +36,14 @@ def sparse_init_(
 ) -> nn.Module:
     r"""Re-initialize the weights of ``model``'s Linear/Conv/ConvTranspose layers sparsely.
 
-    Each weight ``W`` (fan-in ``n``) becomes ``M * N(0, gain^2 / (n * density))``, where the
+    Each weight ``W`` (fan-in ``n``) becomes ``M * N(0, gain^2 / (n * k))``, where the
     mask ``M`` keeps ``max(1, round(density * n_groups))`` random groups of the regularizer
     that acts on ``W``: single entries for :class:`~archdiscover.regularizers.L1`, rows /
-    channels / kernels for :class:`~archdiscover.regularizers.GroupL12`. A weight whose
+    channels / kernels for :class:`~archdiscover.regularizers.GroupL12`, and ``k`` is the
+    kept fraction of a unit's inputs: the kept fraction of ``W`` for entries and kernels (a
+    kept unit sums ``k * n`` terms, as in the paper), 1 for masks of whole rows or channels
+    (a kept unit sees all its inputs: scaling it by ``1 / density`` would blow its output
+    up by ``density ** -0.5``, which made LinBreg diverge in narrow MLPs). A weight whose
     regularizer is :class:`~archdiscover.regularizers.Null` gets the dense Kaiming init
     (density 1); a weight not covered at all (a mapping without its name, an optimizer
     without it) is left untouched.
@@ -126,8 +130,8 @@ def sparse_init_(
                 continue
             else:
                 mask = r.group_mask(w.shape, density, generator)
-            kept = mask.float().mean().item()
-            std = gain / math.sqrt(ops.fan_in(module) * max(kept, 1.0 / mask.numel()))
+            kept = _input_keep(module, mask)
+            std = gain / math.sqrt(ops.fan_in(module) * kept)
             values = torch.randn(w.shape, generator=generator, dtype=w.dtype) * std
             w.copy_((values * mask).to(w.device))
             if module.bias is not None and bias == "zero":
@@ -142,6 +146,20 @@ def sparse_init_(
     if grow:
         enable_growth(model)
     return model
+
+
+def _input_keep(module: nn.Module, mask: Tensor) -> float:
+    """The fraction of a kept unit's inputs that are non-zero (what the variance is scaled
+    by): the kept fraction of its own slice for entry and kernel masks; 1 when the mask keeps
+    or drops whole output units (rows, channels), whose kept units see all their inputs."""
+    axis = ops.unit_axis(module)
+    m = mask.movedim(axis if axis is not None else 0, 0).flatten(1)
+    per_unit = m.float().mean(1)
+    whole = bool(((per_unit == 0) | (per_unit == 1)).all())
+    if whole:
+        return 1.0
+    kept = float(mask.float().mean())
+    return max(kept, 1.0 / mask.numel())
 
 
 def _joint_masks(

@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     r = compiled.report
     result = {
         "test_accuracy": round(run.last["val_accuracy"], 2),
+        # the sparse start: max(1, round(5% of the channels)) per layer; the classifier's
+        # outputs are not removable and stay
+        "start_channels": sum(
+            w if name == "fc" else max(1, round(cfg.init_density * w))
+            for name, w in run.last["widths"].items()
+        ),
         "channels_per_epoch": [sum(r["active_units"].values()) for r in _log(args.out)],
         "params": [r.params_before, r.params_after],
         "flops": [r.flops_before, r.flops_after],

@@ -95,8 +95,9 @@ def unit_counter(
     from ..graph.groups import channel_groups
 
     groups = channel_groups(model, example)
-    roles: Any = ("out",) if cfg.regularizer == "coupled_weights" else "auto"
-    return lambda m: active_channels(m, groups, roles)
+    if cfg.regularizer == "coupled_weights":
+        return lambda m: active_channels(m, groups, ("out",), ("weight",))
+    return lambda m: active_channels(m, groups)
 
 
 def _fixed_layers(model: nn.Module, example: Tensor) -> set[str]:
