@@ -78,7 +78,7 @@ def settings(quick: bool) -> dict[str, dict]:
                 else {"enc_widths": [8, 8], "bottleneck": 8, "dec_widths": [8, 8]},
             ),
             discover=dict(
-                optimizer="adabreg", lr=2e-3, regularizer="coupled", lam=0.03, init_density=0.05
+                optimizer="adabreg", lr=2e-3, regularizer="coupled", lam=0.05, init_density=0.05
             ),
             baselines={
                 "dense supernet, Adam": dict(optimizer="adam", lr=1e-3, regularizer="none"),
@@ -125,7 +125,14 @@ def run(
     epochs: dict[str, int], seed: int, quick: bool, out: pathlib.Path, data: dict | None = None
 ) -> dict:
     t_all = time.perf_counter()
-    base = {"dataset": "mnist5k", "task": "denoising", "batch_size": 64, "seed": seed}
+    base = {
+        "dataset": "mnist5k",
+        "task": "denoising",
+        "batch_size": 64,
+        "seed": seed,
+        "lr_schedule": "cosine",
+        "threads": 1,
+    }
     base.update(data or {})
     split = load_split(TrainConfig.from_dict({**base, "model": "mlp"}))
     xs, xt = split.train.tensors[0], split.test.tensors[0]
