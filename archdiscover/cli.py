@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ __all__ = ["main"]
 
 EXIT_USAGE = 2
 EXIT_FAIL = 1
+EXIT_INTERNAL = 70
 
 
 class _Fail(Exception):
@@ -47,12 +49,16 @@ def _read_toml(path: pathlib.Path) -> dict[str, Any]:
         except ModuleNotFoundError:
             raise _Fail("reading TOML needs Python >= 3.11 or the tomli package") from None
     if not path.is_file():
-        raise _Fail(f"config file {path} does not exist", EXIT_USAGE)
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise _Fail(f"config file {path} {what}", EXIT_USAGE)
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            values = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise _Fail(f"config file {path}: invalid TOML: {e}", EXIT_USAGE) from None
+    except UnicodeDecodeError:
+        raise _Fail(f"config file {path} is not a TOML text file (not UTF-8)", EXIT_USAGE) from None
+    return values
 
 
 def _config_from_args(args: argparse.Namespace) -> tuple[Any, pathlib.Path]:
@@ -62,6 +68,12 @@ def _config_from_args(args: argparse.Namespace) -> tuple[Any, pathlib.Path]:
     if args.config is not None:
         values.update(_read_toml(args.config))
     toml_run_dir = values.pop("run_dir", None)  # a TOML file may name its run directory
+    if toml_run_dir is not None and (not isinstance(toml_run_dir, str) or not toml_run_dir):
+        raise _Fail(
+            f"config file {args.config}: run_dir must be a path (a string), got "
+            f"{type(toml_run_dir).__name__} {toml_run_dir!r}",
+            EXIT_USAGE,
+        )
     run_dir = args.run_dir or toml_run_dir
     where = str(args.config) if args.config else "flags"
     try:
@@ -91,12 +103,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     last = result.last
     metric = (
         f"test PSNR {last['val_psnr']:.2f} dB"
-        if "val_psnr" in last
+        if last.get("val_psnr") is not None
         else f"test accuracy {last.get('val_accuracy', float('nan')):.2f}%"
     )
     print(
-        f"{run_dir}: {metric}, non-zero {last['density']:.2%}, active units "
-        f"{last['active_units']}; model in {run_dir / 'model.pt'}"
+        f"{run_dir}: {metric}, non-zero {last.get('density', float('nan')):.2%}, active units "
+        f"{last.get('active_units')}; model in {run_dir / 'model.pt'}"
     )
     return 0
 
@@ -110,8 +122,10 @@ def _example_inputs(run_dir: pathlib.Path, n: int) -> tuple[Any, Any]:
         raise _Fail(f"{run_dir} is not a run directory (no config.json)", EXIT_USAGE)
     try:
         cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()), where=str(cfg_path))
-    except (ConfigError, json.JSONDecodeError) as e:
-        raise _Fail(f"{cfg_path}: {e}", EXIT_USAGE) from None
+    except ConfigError as e:
+        raise _Fail(str(e), EXIT_USAGE) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _Fail(f"{cfg_path} is not valid JSON: {e}", EXIT_USAGE) from None
     split = load_split(cfg)
     return split.test.tensors[0][:n], cfg
 
@@ -119,18 +133,27 @@ def _example_inputs(run_dir: pathlib.Path, n: int) -> tuple[Any, Any]:
 def _cmd_compile(args: argparse.Namespace) -> int:
     import torch
 
+    from ._io import remove_temporaries
     from .compiler import compile as compile_model
     from .engine import load_trained
     from .export import export_onnx
     from .latency import compare_latency
 
-    run_dir = args.run_dir
+    run_dir = _run_dir_arg(args.run_dir)
+    batch_sizes = _batch_sizes(args.batch_sizes)
+    if args.repeats < 1:
+        raise _Fail(f"--repeats must be >= 1, got {args.repeats}", EXIT_USAGE)
+    # a relative --onnx path is relative to the run directory, like every file of the run
+    onnx_path = run_dir / (args.onnx or "model.onnx")
+    if onnx_path.is_dir():
+        raise _Fail(f"--onnx {onnx_path} is a directory", EXIT_USAGE)
+    if not onnx_path.parent.is_dir():
+        raise _Fail(f"--onnx {onnx_path}: the folder {onnx_path.parent} does not exist", EXIT_USAGE)
+    remove_temporaries(run_dir)  # what a killed compile or export left behind
     model, meta = load_trained(run_dir)
     x, _cfg = _example_inputs(run_dir, 64)
     round_to: int | str = args.round_to if args.round_to == "auto" else int(args.round_to)
-    batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     compiled = compile_model(model, x, round_to=round_to, auto_batch_sizes=batch_sizes)
-    onnx_path = args.onnx or run_dir / "model.onnx"
     compiled.export_onnx(onnx_path)
     compiled.save(run_dir / "compiled.pt")
     print(compiled.report)
@@ -158,10 +181,34 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dir_arg(path: pathlib.Path) -> pathlib.Path:
+    if not path.is_dir():
+        what = "is a file" if path.exists() else "does not exist"
+        raise _Fail(f"run directory {path} {what}")
+    return path
+
+
+def _out_dir_arg(flag: str, path: pathlib.Path | None) -> pathlib.Path | None:
+    if path is not None and path.exists() and not path.is_dir():
+        raise _Fail(f"{flag} {path} is a file, not a directory", EXIT_USAGE)
+    return path
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(b < 1 for b in sizes):
+        raise _Fail(f"--batch-sizes must be positive ints like 1,64, got {text!r}", EXIT_USAGE)
+    return sizes
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .plots import report
 
-    paths = report(args.run_dir, args.out)
+    _run_dir_arg(args.run_dir)
+    paths = report(args.run_dir, _out_dir_arg("--out", args.out))
     for p in paths:
         print(p)
     return 0
@@ -193,7 +240,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         epochs=15 if not args.quick else 4,
         batch_size=64,
     )
-    run_dir = args.out
+    run_dir = _out_dir_arg("--out", args.out)
+    assert run_dir is not None
     print(
         f"training a {cfg.model_args['widths']} MLP supernet on the MNIST 5k subset "
         f"(LinBreg, neuron groups, 5% of each layer's neurons at the start) into {run_dir}"
@@ -237,13 +285,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (and the same for every sub-command)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("exit_on_error", True)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .engine.config import TrainConfig
 
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="archdiscover", description="Discover compact architectures by sparse training."
     )
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a supernet (TOML config and/or flags)")
     t.add_argument("--config", type=pathlib.Path, help="a TOML file of TrainConfig keys")
@@ -280,49 +339,80 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _one_line(e: BaseException) -> str:
+    """The first line of an error's message (an OSError as ``path: reason``)."""
+    if isinstance(e, OSError) and e.strerror and not isinstance(e, _Fail):
+        where = e.filename if e.filename is not None else ""
+        return f"{where}: {e.strerror}" if where else e.strerror
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _expected(e: BaseException) -> bool:
+    """Errors the library raises on purpose for bad input (their message says what to do)."""
+    names = {
+        ("archdiscover.compiler.errors", "CompileError"),
+        ("archdiscover.engine.checkpoint", "CheckpointError"),
+        ("archdiscover.engine.loop", "DivergenceError"),
+        ("archdiscover.graph.trace", "TraceError"),
+        ("archdiscover.export", "OnnxExportError"),
+        ("archdiscover.export", "OnnxVerificationError"),
+    }
+    for mod, name in names:
+        cls = getattr(sys.modules.get(mod), name, None)
+        if cls is not None and isinstance(e, cls):
+            return True
+    return isinstance(e, (OSError, ValueError, TypeError))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``archdiscover`` console script; returns the exit status."""
+    """Entry point of the ``archdiscover`` console script; returns the exit status.
+
+    Every failure is one line on stderr and a non-zero status (2: bad usage or config,
+    1: a run, file or model that fails, 130: interrupted, 70: an internal error); set
+    ``ARCHDISCOVER_DEBUG=1`` to see the traceback instead.
+    """
     args = _parser().parse_args(argv)
-    from .compiler.errors import CompileError
-    from .engine.checkpoint import CheckpointError
     from .engine.config import ConfigError
-    from .export import OnnxExportError, OnnxVerificationError
 
     if getattr(args, "round_to", "auto") != "auto":
         try:
-            int(args.round_to)
+            if int(args.round_to) < 1:
+                raise ValueError
         except ValueError:
             print(
-                f"archdiscover: error: --round-to must be auto or an int, got {args.round_to!r}",
+                f"archdiscover: error: --round-to must be auto or a positive int, got "
+                f"{args.round_to!r}",
                 file=sys.stderr,
             )
             return EXIT_USAGE
+    debug = bool(os.environ.get("ARCHDISCOVER_DEBUG"))
     try:
         return int(args.fn(args) or 0)
     except _Fail as e:
         print(f"archdiscover: error: {e}", file=sys.stderr)
         return e.code
     except ConfigError as e:
-        print(f"archdiscover: error: {e}", file=sys.stderr)
+        print(f"archdiscover: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
-    except (
-        CheckpointError,
-        CompileError,
-        OnnxExportError,
-        OnnxVerificationError,
-        FileNotFoundError,
-    ) as e:
-        print(f"archdiscover: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return EXIT_FAIL
-    except ValueError as e:  # bad data files and the like: one line, no traceback
-        print(f"archdiscover: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return EXIT_FAIL
     except KeyboardInterrupt:
         print(
             "archdiscover: interrupted (the last checkpoint is kept; run again to resume)",
             file=sys.stderr,
         )
         return 130
+    except Exception as e:
+        if debug:
+            raise
+        if _expected(e):
+            print(f"archdiscover: error: {_one_line(e)}", file=sys.stderr)
+            return EXIT_FAIL
+        print(
+            f"archdiscover: internal error: {type(e).__name__}: {_one_line(e)} (please report "
+            "it; ARCHDISCOVER_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

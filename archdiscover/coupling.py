@@ -84,8 +84,8 @@ def coupled_param_groups(
     tensors: dict[int, nn.Parameter] = {}
     for gid, grp in enumerate(groups):
         for s in _regularized_slices(model, grp, roles if not auto else None):
-            if s.param not in params:
-                continue
+            if ("bias" if s.param.endswith("bias") else "weight") not in params:
+                continue  # e.g. in_proj_weight / in_proj_bias of attention, a layer scale
             p = getattr(model.get_submodule(s.module), s.param)
             if not isinstance(p, nn.Parameter):
                 continue

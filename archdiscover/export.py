@@ -25,7 +25,7 @@ import os
 import pathlib
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -128,6 +128,97 @@ class _EvalMode:
 
 def _default_names(prefix: str, n: int) -> list[str]:
     return [prefix] if n == 1 else [f"{prefix}_{i}" for i in range(n)]
+
+
+class _FlatOutputs(nn.Module):
+    """``model`` with its output flattened to a tuple of tensors (dicts, lists and named
+    tuples become ONNX outputs in :func:`~archdiscover.verify.flatten_outputs` order)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        return tuple(flatten_outputs(self.model(*inputs)))
+
+
+def _output_names(out: Any, n: int) -> list[str]:
+    """Default output names: a dict's keys (when they are distinct plain names), else
+    ``output`` / ``output_0``, ``output_1``, ..."""
+    if isinstance(out, Mapping) and len(out) == n:
+        keys = [str(k) for k in out]
+        if all(k.isidentifier() for k in keys) and len(set(keys)) == n:
+            return keys
+    return _default_names("output", n)
+
+
+def _bins(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling bins: ``[floor(i n_in / n_out), ceil((i + 1) n_in / n_out))``."""
+    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
+def _adaptive(original: Any, reduce: str, k: int) -> Any:
+    """An adaptive pooling that the legacy exporter can export at any input size: where the
+    output size does not divide the input size, one slice and reduction per output bin
+    (the same bins, the same arithmetic)."""
+
+    def pool(x: Tensor, output_size: Any, *args: Any, **kwargs: Any) -> Any:
+        size = [output_size] * k if isinstance(output_size, int) else list(output_size)
+        with warnings.catch_warnings():  # constants on purpose: the bins are fixed at export
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            dims = [int(d) for d in x.shape[-k:]]
+        size = [d if s is None else int(s) for s, d in zip(size, dims, strict=True)]
+        if all(d % s == 0 for s, d in zip(size, dims, strict=True)) or kwargs.get("return_indices"):
+            return original(x, tuple(size) if k > 1 else size[0], *args, **kwargs)
+        out = x
+        for axis in range(k):  # separable: one dim at a time
+            dim = x.dim() - k + axis
+            parts = []
+            for a, b in _bins(dims[axis], size[axis]):
+                piece = out.narrow(dim, a, b - a)
+                parts.append(
+                    piece.mean(dim, keepdim=True)
+                    if reduce == "mean"
+                    else piece.amax(dim, keepdim=True)
+                )
+            out = torch.cat(parts, dim)
+        return out
+
+    return pool
+
+
+def _channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """``F.channel_shuffle`` as reshape, transpose, reshape (which ONNX has)."""
+    b, c = x.shape[0], x.shape[1]
+    rest = x.shape[2:]
+    y = x.reshape(b, groups, c // groups, *rest).transpose(1, 2)
+    return y.reshape(b, c, *rest)
+
+
+class _ExactAdaptivePooling:
+    """Within this context, ``F.adaptive_avg_pool{1,2,3}d`` / ``F.adaptive_max_pool{1,2,3}d``
+    are the sliced versions of :func:`_adaptive` (what nn.Adaptive*Pool* modules call), and
+    ``F.channel_shuffle`` (``nn.ChannelShuffle``) is a reshape and a transpose: the same
+    values, in operations the legacy exporter has."""
+
+    names = tuple((f"adaptive_{r}_pool{k}d", r, k) for r in ("avg", "max") for k in (1, 2, 3))
+
+    def __enter__(self) -> None:
+        import torch.nn.functional as F
+
+        self.saved = {n: getattr(F, n) for n, _, _ in self.names}
+        for n, r, k in self.names:
+            setattr(F, n, _adaptive(self.saved[n], "mean" if r == "avg" else "max", k))
+        for n in ("channel_shuffle", "native_channel_shuffle"):
+            if hasattr(F, n):
+                self.saved[n] = getattr(F, n)
+                setattr(F, n, _channel_shuffle)
+
+    def __exit__(self, *exc: object) -> None:
+        import torch.nn.functional as F
+
+        for n, fn in self.saved.items():
+            setattr(F, n, fn)
 
 
 def _check_names(names: Sequence[str] | None, n: int, prefix: str, what: str) -> list[str]:
@@ -314,16 +405,23 @@ def export_onnx(
                 )
     cpu_inputs = tuple(x.detach().cpu() for x in inputs)
     export_model = model if _on_cpu(model) else copy.deepcopy(model).cpu()
+    flat_model = _FlatOutputs(export_model)
+    flat_model.training = False  # the wrapper only; _EvalMode below handles the model
 
-    tmp = parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.{os.getpid()}.tmp"
     try:
         with _EvalMode(model), _EvalMode(export_model):
             with torch.no_grad():
-                n_out = len(flatten_outputs(export_model(*cpu_inputs)))
+                raw = export_model(*cpu_inputs)
+                n_out = len(flatten_outputs(raw))
             in_names = _check_names(input_names, len(inputs), "input", "input_names")
-            out_names = _check_names(output_names, n_out, "output", "output_names")
-            _run_exporter(
-                export_model, cpu_inputs, tmp, dynamo, opset, dynamic_batch, in_names, out_names
+            out_names = (
+                _check_names(output_names, n_out, "output", "output_names")
+                if output_names is not None
+                else _output_names(raw, n_out)
+            )
+            _export_any(
+                flat_model, cpu_inputs, tmp, dynamo, opset, dynamic_batch, in_names, out_names
             )
             if not tmp.is_file():
                 raise OnnxExportError(f"torch.onnx.export wrote no file for {dest}")
@@ -348,6 +446,34 @@ def export_onnx(
     return dest
 
 
+def _export_any(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    tmp: pathlib.Path,
+    dynamo: bool,
+    opset: int | None,
+    dynamic_batch: bool,
+    in_names: list[str],
+    out_names: list[str],
+) -> None:
+    """The chosen exporter. The legacy one runs with adaptive pooling sliced into its bins
+    where they are unequal (it cannot export those); if it still fails, the dynamo one."""
+    args = (model, inputs, tmp, dynamo, opset, dynamic_batch, in_names, out_names)
+    if dynamo:
+        _run_exporter(*args)
+        return
+    try:
+        with _ExactAdaptivePooling():
+            _run_exporter(*args)
+        return
+    except OnnxExportError as e:
+        first = e
+    try:
+        _run_exporter(model, inputs, tmp, True, opset, dynamic_batch, in_names, out_names)
+    except OnnxExportError:
+        raise first from None
+
+
 def _run_exporter(
     model: nn.Module,
     inputs: tuple[Tensor, ...],
@@ -370,7 +496,9 @@ def _run_exporter(
         kwargs["verbose"] = False
         if dynamic_batch:
             batch = torch.export.Dim("batch")
-            kwargs["dynamic_shapes"] = tuple({0: batch} for _ in inputs)
+            shapes = tuple({0: batch} for _ in inputs)
+            # _FlatOutputs takes *inputs: one parameter holding all of them
+            kwargs["dynamic_shapes"] = (shapes,) if isinstance(model, _FlatOutputs) else shapes
     elif dynamic_batch:
         kwargs["dynamic_axes"] = {n: {0: "batch"} for n in (*in_names, *out_names)}
     with warnings.catch_warnings():
@@ -380,9 +508,10 @@ def _run_exporter(
             torch.onnx.export(model, inputs, str(tmp), **kwargs)
         except Exception as e:
             which = "dynamo (torch.export)" if dynamo else "legacy (TorchScript)"
+            name = type(model.model if isinstance(model, _FlatOutputs) else model).__name__
             raise OnnxExportError(
                 f"torch.onnx.export with the {which} exporter failed for "
-                f"{type(model).__name__}: {type(e).__name__}: {e}"
+                f"{name}: {type(e).__name__}: {e}"
             ) from e
 
 

@@ -36,14 +36,28 @@ from typing import Any
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-__all__ = ["plot_metrics", "plot_scale_space", "plot_widths", "read_log", "report"]
+__all__ = [
+    "epoch_axis",
+    "layer_growth",
+    "log_axis",
+    "metrics_figure",
+    "plot_metrics",
+    "plot_scale_space",
+    "plot_widths",
+    "read_log",
+    "report",
+    "scale_space_figure",
+    "series_styles",
+    "widths_figure",
+]
 
 LOG_NAME = "log.jsonl"
 FIGSIZE = (10.0, 4.0)
 DPI = 120
-MAX_LAYER_LINES = 10  # more layers than this: plot the active fraction instead of counts
+MAX_LAYER_LINES = 10  # more layers than this: a heatmap (layer x epoch) instead of lines
+MIXED_WIDTHS = 4.0  # widest / narrowest layer above this: plot active fractions, not counts
 LOG_WIDTH_RATIO = 50.0  # max/min width above this: log y axis on the width chart
 
 PathLike = str | os.PathLike
@@ -135,11 +149,120 @@ def _new_figure(ncols: int) -> tuple[Figure, list[Axes]]:
     return fig, axes
 
 
-def _epoch_axis(ax: Axes, epochs: Sequence[int] = ()) -> None:
+def epoch_axis(ax: Axes, epochs: Sequence[float] = ()) -> None:
+    """An epoch x axis: integer ticks only (never 2.5), epoch 0 (the sparse start) included."""
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if epochs and min(epochs) == max(epochs):  # a single epoch: keep integer ticks around it
         ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+
+
+def log_axis(ax: Axes, axis: str = "y") -> None:
+    """A log scale whose labels are readable values, not only decades (a log axis that labels
+    only 1, 10, 100 hides the values in between): every 1..9 of a decade for data spanning
+    less than one decade, 1, 2 and 5 up to four decades, decades beyond. Call it after
+    plotting (it reads the data's span)."""
+    lim = ax.dataLim
+    lo, hi = (lim.y0, lim.y1) if axis == "y" else (lim.x0, lim.x1)
+    decades = math.log10(hi / lo) if lo > 0 and math.isfinite(hi / lo) else math.inf
+    subs = tuple(range(1, 10)) if decades < 1 else (1.0, 2.0, 5.0) if decades < 4 else (1.0,)
+    scale = ax.set_yscale if axis == "y" else ax.set_xscale
+    scale("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10.0, subs=subs))
+    target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def series_styles(n: int) -> list[dict[str, Any]]:
+    """``n`` line styles (color, line style, marker, width) that stay distinguishable where
+    curves lie on top of each other (e.g. several layers at 100%): later lines are thinner,
+    dashed differently, and put their markers at other epochs, so a line drawn over an
+    earlier one never hides it."""
+    colors = _colors(n)
+    dashes = ("-", "--", "-.", ":")
+    markers = ("o", "s", "^", "v", "D", "x", "+", "*")
+    return [
+        {
+            "color": colors[i],
+            "ls": dashes[i % len(dashes)],
+            "marker": markers[i % len(markers)],
+            "ms": 3.5,
+            "lw": max(0.8, 2.4 - 0.15 * i),
+            # staggered markers: on coinciding curves each one's markers still show
+            "markevery": (i % min(n, 4), min(n, 4)),
+        }
+        for i in range(n)
+    ]
+
+
+def layer_growth(
+    ax: Axes,
+    epochs: Sequence[float],
+    active: dict[str, Sequence[float]],
+    widths: dict[str, float],
+) -> str:
+    """Draw how each layer's active units grow per epoch; returns what was drawn.
+
+    * more than ``MAX_LAYER_LINES`` layers: a heatmap, one row per layer, colored by the
+      active fraction (22 lines of one colormap could not be told apart);
+    * widths that differ by more than ``MIXED_WIDTHS`` (a 784-wide output beside hidden
+      layers of 30): one line per layer of the active fraction;
+    * otherwise one line per layer of the active units, on a log axis when the counts span
+      more than 10x (a fixed output layer of 784 beside hidden layers of 8 would squash
+      them to the floor of a linear axis).
+    """
+    names = list(active)
+    w = [widths.get(n, math.nan) for n in names]
+    known = [v for v in w if math.isfinite(v) and v > 0]
+    mixed = bool(known) and max(known) / min(known) > MIXED_WIDTHS
+    if len(names) > MAX_LAYER_LINES:
+        grid = [
+            [a / wi if math.isfinite(a) and wi > 0 else math.nan for a in active[n]]
+            for n, wi in zip(names, w, strict=True)
+        ]
+        lo = min(epochs) - 0.5
+        hi = max(epochs) + 0.5
+        im = ax.imshow(
+            grid,
+            aspect="auto",
+            interpolation="nearest",
+            cmap="viridis",
+            vmin=0.0,
+            vmax=1.0,
+            extent=(lo, hi, len(names) - 0.5, -0.5),
+        )
+        ax.set_yticks(range(len(names)), names, fontsize=6 if len(names) > 24 else 7)
+        ax.figure.colorbar(im, ax=ax, label="active fraction (active units / width)")
+        ax.grid(False)
+        return "heatmap"
+    for name, style in zip(names, series_styles(len(names)), strict=True):
+        ys = list(active[name])
+        if mixed:
+            wi = widths.get(name, math.nan)
+            ys = [a / wi if wi > 0 else math.nan for a in ys]
+        ax.plot(epochs, ys, label=name, **style)
+    if mixed:
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_ylabel("active fraction (active units / width)")
+    else:
+        values = [v for n in names for v in active[n] if math.isfinite(v) and v > 0]
+        top = max(values or [1.0])
+        if values and top / min(values) > 10:  # e.g. a fixed 784-wide output beside 8 units
+            log_axis(ax, "y")
+            ax.set_ylim(min(values) / 1.5, top * 1.5)
+            ax.set_ylabel("active output units (log scale)")
+        else:
+            ax.set_ylim(0, top * 1.12 + 0.5)
+            ax.set_ylabel("active output units")
+    ax.legend(
+        title="layer",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize="small",
+        borderaxespad=0.0,
+    )
+    return "fraction" if mixed else "units"
 
 
 def _no_data(ax: Axes, message: str) -> None:
@@ -189,9 +312,7 @@ def _colors(n: int) -> list[Any]:
 # --------------------------------------------------------------------------- plots
 
 
-def plot_metrics(
-    log: Sequence[dict[str, Any]], path: PathLike, *, title: str | None = None
-) -> Path:
+def metrics_figure(log: Sequence[dict[str, Any]], *, title: str | None = None) -> Figure:
     """Plot validation quality and losses per epoch into one PNG.
 
     Left panel: validation accuracy (%) for a classification run, or validation PSNR (dB)
@@ -200,11 +321,10 @@ def plot_metrics(
 
     Args:
         log: records from :func:`read_log`.
-        path: the PNG to write (parent folders are created).
         title: optional prefix of the figure title (e.g. the run's name).
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        the :class:`~matplotlib.figure.Figure` (``plot_*`` saves it as a PNG).
     """
     _check_log(log)
     epochs = [r["epoch"] for r in log]
@@ -235,7 +355,7 @@ def plot_metrics(
         _no_data(ax_q, "no validation metric in the log")
         ax_q.set_title("(a) validation")
     ax_q.set_ylabel(label)
-    _epoch_axis(ax_q, epochs)
+    epoch_axis(ax_q, epochs)
 
     train, val = _series(log, "train_loss"), _series(log, "val_loss")
     plotted = []
@@ -248,113 +368,89 @@ def plot_metrics(
     if plotted:
         log_y = all(v > 0 for v in plotted)
         if log_y:
-            ax_l.set_yscale("log")
+            log_axis(ax_l, "y")
         ax_l.set_ylabel("loss (log scale)" if log_y else "loss")
-        ax_l.legend(loc="upper right")
+        ax_l.legend(loc="best")
     else:
         _no_data(ax_l, "no loss in the log")
         ax_l.set_ylabel("loss")
     ax_l.set_title("(b) loss")
-    _epoch_axis(ax_l, epochs)
+    epoch_axis(ax_l, epochs)
 
     _title(fig, "training metrics", title)
-    return _save(fig, path)
+    return fig
 
 
-def plot_scale_space(
-    log: Sequence[dict[str, Any]], path: PathLike, *, title: str | None = None
-) -> Path:
+def scale_space_figure(log: Sequence[dict[str, Any]], *, title: str | None = None) -> Figure:
     """Plot the inverse-scale-space path: how each layer's width grows over training.
 
-    Left panel: active output units of each layer per epoch, one line per layer. With more
-    than 10 layers the counts of wide and narrow layers would not share an axis readably,
-    so the active fraction (active units / supernet width) is plotted instead, and the y
-    label says so. Right panel: the density (percent of nonzero parameters) per epoch,
-    ``density`` and, when logged, ``weight_density``.
+    Epoch 0 is the sparse start (the ``initial`` entry the engine logs with epoch 1), so the
+    growth from the start can be seen. Left panel: :func:`layer_growth` (lines of active units
+    or fractions, or a heatmap for many layers). Right panel: the density (percent of
+    non-zero parameters) per epoch, ``density`` and, when logged, ``weight_density``.
 
     Args:
         log: records from :func:`read_log`.
-        path: the PNG to write (parent folders are created).
         title: optional prefix of the figure title.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        the :class:`~matplotlib.figure.Figure` (``plot_*`` saves it as a PNG).
     """
     _check_log(log)
-    epochs = [r["epoch"] for r in log]
+    records = list(log)
+    initial = records[0].get("initial")
+    if isinstance(initial, dict) and records[0].get("epoch") == 1:
+        records = [{"epoch": 0, **initial}, *records]
+    epochs = [r["epoch"] for r in records]
     fig, (ax_u, ax_d) = _new_figure(2)
 
-    layers = _layer_names(log, "active_units")
-    fraction = len(layers) > MAX_LAYER_LINES
+    layers = _layer_names(records, "active_units")
     if layers:
-        # widths per layer: the record's own, else the last logged (a supernet is fixed)
-        last_widths: dict[str, float] = {}
-        for r in log:
+        widths: dict[str, float] = {}  # the last logged (a supernet is fixed)
+        for r in records:
             w = r.get("widths")
             if isinstance(w, dict):
-                last_widths.update({k: _num(v) for k, v in w.items()})
-        for name, color in zip(layers, _colors(len(layers)), strict=True):
-            ys = []
-            for r in log:
-                units = r.get("active_units")
-                a = _num(units.get(name)) if isinstance(units, dict) else math.nan
-                if fraction:
-                    w = r.get("widths")
-                    width = _num(w.get(name)) if isinstance(w, dict) else math.nan
-                    if not math.isfinite(width):
-                        width = last_widths.get(name, math.nan)
-                    a = a / width if width > 0 else math.nan
-                ys.append(a)
-            ax_u.plot(epochs, ys, marker="o", ms=2.5, lw=1.3, color=color, label=name)
-        ax_u.set_ylabel(
-            "active fraction (active units / width)" if fraction else "active output units"
-        )
-        if fraction:
-            ax_u.set_ylim(-0.02, 1.02)
-        else:
-            ax_u.set_ylim(bottom=0)
-        ax_u.legend(
-            title="layer",
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            fontsize="small",
-            ncol=max(1, math.ceil(len(layers) / 15)),
-            borderaxespad=0.0,
-        )
+                widths.update({k: _num(v) for k, v in w.items()})
+        active = {
+            name: [
+                _num(r["active_units"].get(name))
+                if isinstance(r.get("active_units"), dict)
+                else math.nan
+                for r in records
+            ]
+            for name in layers
+        }
+        kind = layer_growth(ax_u, epochs, active, widths)
+        label = {"heatmap": " (heatmap: active fraction)", "fraction": " (fraction of width)"}
+        ax_u.set_title("(a) active units per layer" + label.get(kind, ""))
     else:
         _no_data(ax_u, "no per-layer active units in the log")
         ax_u.set_ylabel("active output units")
-    ax_u.set_title("(a) active units per layer" + (" (fraction of width)" if fraction else ""))
-    _epoch_axis(ax_u, epochs)
+        ax_u.set_title("(a) active units per layer")
+    epoch_axis(ax_u, epochs)
 
-    density = [100.0 * v for v in _series(log, "density")]
-    weight_density = [100.0 * v for v in _series(log, "weight_density")]
+    density = [100.0 * v for v in _series(records, "density")]
+    weight_density = [100.0 * v for v in _series(records, "weight_density")]
     if _has(density) or _has(weight_density):
+        styles = series_styles(2)
         if _has(density):
-            ax_d.plot(epochs, density, marker="o", ms=3, color="C0", label="density")
+            ax_d.plot(epochs, density, label="density", **styles[0])
         if _has(weight_density):
-            ax_d.plot(
-                epochs,
-                weight_density,
-                marker="s",
-                ms=3,
-                color="C1",
-                ls="--",
-                label="weight density",
-            )
-        ax_d.set_ylim(bottom=0)
+            ax_d.plot(epochs, weight_density, label="weight density", **styles[1])
+        top = max(v for v in density + weight_density if math.isfinite(v))
+        ax_d.set_ylim(0, min(105.0, top * 1.15))  # headroom: no line on the frame
         ax_d.legend(loc="lower right")
     else:
         _no_data(ax_d, "no density in the log")
     ax_d.set_ylabel("density (% nonzero)")
     ax_d.set_title("(b) density")
-    _epoch_axis(ax_d, epochs)
+    epoch_axis(ax_d, epochs)
 
     _title(fig, "inverse scale space", title)
-    return _save(fig, path)
+    return fig
 
 
-def plot_widths(log: Sequence[dict[str, Any]], path: PathLike, *, title: str | None = None) -> Path:
+def widths_figure(log: Sequence[dict[str, Any]], *, title: str | None = None) -> Figure:
     """Grouped bar chart: supernet width against discovered width, per layer.
 
     The discovered width of a layer is its active output units at the last epoch; the
@@ -364,11 +460,10 @@ def plot_widths(log: Sequence[dict[str, Any]], path: PathLike, *, title: str | N
 
     Args:
         log: records from :func:`read_log`.
-        path: the PNG to write (parent folders are created).
         title: optional prefix of the figure title.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        the :class:`~matplotlib.figure.Figure` (``plot_*`` saves it as a PNG).
     """
     _check_log(log)
     fig, (ax,) = _new_figure(1)
@@ -399,7 +494,7 @@ def plot_widths(log: Sequence[dict[str, Any]], path: PathLike, *, title: str | N
         log_y = bool(pos_widths) and max(pos_widths) / min(pos_widths) > LOG_WIDTH_RATIO
         bottom = 0.5 if log_y else 0.0
         if log_y:
-            ax.set_yscale("log")
+            log_axis(ax, "y")
             ax.set_ylim(bottom=bottom, top=max(positive) * 3)
         elif positive:
             ax.set_ylim(0, max(positive) * 1.12)
@@ -441,7 +536,26 @@ def plot_widths(log: Sequence[dict[str, Any]], path: PathLike, *, title: str | N
     ax.set_xlabel("layer")
 
     _title(fig, "supernet vs discovered width per layer", title)
-    return _save(fig, path)
+    return fig
+
+
+def plot_metrics(
+    log: Sequence[dict[str, Any]], path: PathLike, *, title: str | None = None
+) -> Path:
+    """:func:`metrics_figure` saved as a PNG at ``path`` (parent folders are created)."""
+    return _save(metrics_figure(log, title=title), path)
+
+
+def plot_scale_space(
+    log: Sequence[dict[str, Any]], path: PathLike, *, title: str | None = None
+) -> Path:
+    """:func:`scale_space_figure` saved as a PNG at ``path`` (parent folders are created)."""
+    return _save(scale_space_figure(log, title=title), path)
+
+
+def plot_widths(log: Sequence[dict[str, Any]], path: PathLike, *, title: str | None = None) -> Path:
+    """:func:`widths_figure` saved as a PNG at ``path`` (parent folders are created)."""
+    return _save(widths_figure(log, title=title), path)
 
 
 # --------------------------------------------------------------------------- report

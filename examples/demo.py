@@ -49,7 +49,7 @@ def run(
     widths: tuple[int, ...] = (400, 400),
     lam: float = 1.0,
     density: float = 0.05,
-    out_dir: pathlib.Path = pathlib.Path("runs/demo"),
+    out_dir: pathlib.Path = pathlib.Path("runs/demo_api"),
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
@@ -120,7 +120,7 @@ def run(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 epochs on a narrower supernet")
-    ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/demo"))
+    ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/demo_api"))
     ap.add_argument("--json", type=pathlib.Path, help="also write the summary JSON here")
     args = ap.parse_args()
     kw = dict(epochs=4, widths=(100, 100)) if args.quick else {}

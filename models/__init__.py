@@ -4,7 +4,7 @@ from .autoencoder import ConvAutoencoder, DenseAutoencoder
 from .convnet import ConvNet
 from .dncnn import DnCNN
 from .mlp import MLP
-from .registry import available, build, register
+from .registry import available, build, check_args, register
 from .resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "ResNet",
     "available",
     "build",
+    "check_args",
     "register",
 ]

@@ -9,7 +9,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from .registry import register
+from .registry import positive, register
 
 
 class DenseAutoencoder(nn.Module):
@@ -37,6 +37,8 @@ class DenseAutoencoder(nn.Module):
         super().__init__()
         if out_activation not in (None, "sigmoid"):
             raise ValueError(f"out_activation must be None or 'sigmoid', not {out_activation!r}")
+        positive("in_shape", list(in_shape))
+        positive("widths", list(widths))
         self.in_shape = tuple(int(s) for s in in_shape)
         dim = math.prod(self.in_shape)
         sizes = [dim, *widths, dim]
@@ -110,6 +112,11 @@ class ConvAutoencoder(nn.Module):
                 "enc_widths, dec_widths and up_widths must be non-empty and of equal length, "
                 f"got {len(enc_widths)}, {len(dec_widths)}, {len(up_widths)}"
             )
+        positive("in_channels", in_channels)
+        positive("enc_widths", enc_widths)
+        positive("dec_widths", dec_widths)
+        positive("up_widths", up_widths)
+        positive("bottleneck", bottleneck)
         self.skips = skips
         self.encoder = nn.ModuleList()
         prev = in_channels

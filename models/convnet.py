@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .registry import register
+from .registry import positive, register
 
 
 class ConvNet(nn.Module):
@@ -44,6 +44,10 @@ class ConvNet(nn.Module):
         super().__init__()
         if len(channels) == 0:
             raise ValueError("ConvNet needs at least one conv layer")
+        positive("channels", list(channels))
+        positive("in_channels", in_channels)
+        positive("hidden", hidden)
+        positive("num_classes", num_classes)
         layers: list[nn.Module] = []
         side, prev = image_size, in_channels
         for c in channels:

@@ -8,7 +8,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from .registry import register
+from .registry import positive, register
 
 
 class MLP(nn.Module):
@@ -32,6 +32,10 @@ class MLP(nn.Module):
         final_relu: bool = False,
     ) -> None:
         super().__init__()
+        positive("in_features", in_features)
+        positive("out_features", out_features)
+        if len(widths):
+            positive("widths", list(widths))
         sizes = [in_features, *widths, out_features]
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (a, b) in enumerate(pairwise(sizes)):
@@ -47,7 +51,7 @@ class MLP(nn.Module):
 PRESETS = {"mnist": dict(in_features=784, widths=(200, 80), out_features=10)}
 
 
-@register("mlp")
+@register("mlp", signature=MLP)
 def mlp(preset: str | None = None, **kwargs: object) -> MLP:
     """Build an :class:`MLP`; ``preset="mnist"`` is the paper's 784-200-80-10."""
     if preset is not None:

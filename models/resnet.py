@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import register
+from .registry import positive, register
 
 
 def _projection(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -219,6 +219,13 @@ class ResNet(nn.Module):
                 f"layers, widths and strides must be non-empty and of equal length, "
                 f"got {len(layers)}, {len(widths)}, {len(strides)}"
             )
+        positive("layers", list(layers))
+        positive("widths", list(widths))
+        positive("strides", list(strides))
+        positive("in_channels", in_channels)
+        positive("num_classes", num_classes)
+        if not (isinstance(width_multiplier, (int, float)) and width_multiplier > 0):
+            raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}")
         exp = block.expansion
         base = [_scale(w, width_multiplier) for w in widths]
         std_stream = [b * exp for b in base]
@@ -287,21 +294,21 @@ def _preset(
     return ResNet(block, layers=layers, widths=widths, strides=strides, **kwargs)
 
 
-@register("resnet18")
+@register("resnet18", signature=ResNet)
 def resnet18(**kwargs: Any) -> ResNet:
     """CIFAR ResNet-18: BasicBlock, stages (2, 2, 2, 2), widths (64, 128, 256, 512),
     strides (1, 2, 2, 2); keyword arguments as :class:`ResNet`'s other arguments."""
     return _preset(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), (1, 2, 2, 2), kwargs)
 
 
-@register("resnet20")
+@register("resnet20", signature=ResNet)
 def resnet20(**kwargs: Any) -> ResNet:
     """CIFAR ResNet-20: BasicBlock, stages (3, 3, 3), widths (16, 32, 64), strides (1, 2, 2),
     projection (1x1 conv + BN) shortcuts: 272,474 parameters."""
     return _preset(BasicBlock, (3, 3, 3), (16, 32, 64), (1, 2, 2), kwargs)
 
 
-@register("resnet_bottleneck")
+@register("resnet_bottleneck", signature=ResNet)
 def resnet_bottleneck(*, layers: Sequence[int] = (2, 2, 2), **kwargs: Any) -> ResNet:
     """Small CIFAR bottleneck ResNet: Bottleneck blocks, ``layers`` per stage (default
     (2, 2, 2)), inner widths (16, 32, 64), stream widths (64, 128, 256), strides (1, 2, 2)."""

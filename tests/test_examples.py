@@ -122,3 +122,30 @@ def test_paper_mlp_script_quick(tmp_path):
     assert res["LinBreg lam=1e-1"]["nonzero_weights_percent_mean"] < 10  # grows from 1%
     for p in out["plots"]:
         assert Path(p).read_bytes()[:4] == b"\x89PNG"
+
+
+def _has_torchvision() -> bool:
+    probe = "import sys; sys.path.insert(0, 'benchmarks'); import zoo; zoo.import_torchvision()"
+    return (
+        subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True).returncode == 0
+    )
+
+
+@pytest.mark.skipif(not _has_torchvision(), reason="torchvision is not installed (optional)")
+def test_zoo_benchmark_quick():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "zoo.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    data = json.loads(out.stdout)
+    assert sorted(r["model"] for r in data["models"]) == ["shufflenet_v2_x0_5", "squeezenet1_1"]
+    for r in data["models"]:
+        ours = r["filters+bn"]["archdiscover"]
+        assert ours["strict_exact"] and ours["minimal"] and ours["onnx"]
+        assert ours["removed_fraction"] >= r["zeroed_fraction"] > 0.1  # dead ones go too
+        assert r["filters"]["archdiscover"]["strict_exact"]
+    assert data["summary"]["filters+bn"]["archdiscover_strict_exact"] == 2

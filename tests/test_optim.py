@@ -468,3 +468,102 @@ def test_raising_lam_keeps_the_subgradient_of_zero_coordinates(opt_cls):
     assert torch.equal(v1[zero], v0[zero])
     opt.set_reg(0, L1(0.1))  # lower: everything rescaled by 1/2 around theta / delta
     torch.testing.assert_close(opt.state[w]["v"][zero], v0[zero] / 2)
+
+
+# -- hardening: torch's arithmetic by default, dtypes, autograd, validated state dicts -----------
+@pytest.mark.parametrize(
+    "kw",
+    [dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=0.05, momentum=0.9, nesterov=True)],
+    ids=str,
+)
+def test_default_linbreg_without_reg_is_sgd_bit_for_bit(kw):
+    m1, m2 = _net(dtype=torch.float32), _net(dtype=torch.float32)
+    o1, o2 = LinBreg(m1.parameters(), **kw), torch.optim.SGD(m2.parameters(), **kw)
+    x, y = _data(torch.float32)
+    for _ in range(20):
+        _train(m1, o1, 1, x, y)
+        _train(m2, o2, 1, x, y)
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_default_adabreg_without_reg_is_adam_bit_for_bit():
+    m1, m2 = _net(dtype=torch.float32), _net(dtype=torch.float32)
+    o1, o2 = AdaBreg(m1.parameters(), lr=1e-2), torch.optim.Adam(m2.parameters(), lr=1e-2)
+    x, y = _data(torch.float32)
+    for _ in range(20):
+        _train(m1, o1, 1, x, y)
+        _train(m2, o2, 1, x, y)
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+CC = pytest.mark.needs_cc
+OPT_IMPLS = [
+    *(("linbreg", i) for i in ("single", "foreach")),
+    pytest.param("linbreg", "compiled", marks=CC),
+    pytest.param("linbreg", "ckernel", marks=CC),
+    *(("adabreg", i) for i in ("single", "foreach")),
+    pytest.param("adabreg", "compiled", marks=CC),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize(("opt_name", "impl"), OPT_IMPLS)
+def test_every_dtype_follows_the_float64_path(dtype, impl, opt_name):
+    ref_net, net = _net(dtype=F64), _net(dtype=F64).to(dtype)
+
+    def make(m, i):
+        kw = dict(lr=0.05, momentum=0.9) if opt_name == "linbreg" else dict(lr=1e-2)
+        cls = LinBreg if opt_name == "linbreg" else AdaBreg
+        return cls(_groups(m, L1(1e-3)), impl=i, **kw)
+
+    ref, opt = make(ref_net, "foreach"), make(net, impl)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=gen, dtype=F64) for p in ref_net.parameters()]
+        for p, g in zip(ref_net.parameters(), grads, strict=True):
+            p.grad = g.clone()
+        for p, g in zip(net.parameters(), grads, strict=True):
+            p.grad = g.to(dtype)
+        ref.step()
+        opt.step()
+    # bfloat16 keeps 8 bits of mantissa: every weight within a few of its ulps of float64's
+    tol = {torch.bfloat16: 3e-2, torch.float16: 4e-3, torch.float32: 1e-5, F64: 1e-12}[dtype]
+    for a, b in zip(net.parameters(), ref_net.parameters(), strict=True):
+        assert a.dtype == dtype and bool(torch.isfinite(a).all())
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    "impl", ["single", "foreach", pytest.param("ckernel", marks=pytest.mark.needs_cc)]
+)
+def test_an_update_in_place_is_seen_by_autograd_as_after_sgd(impl):
+    # a graph that saved the old weight must refuse to backpropagate after the step, as
+    # torch.optim.SGD makes it refuse; the C kernel writes behind autograd's back
+    for opt_cls, kw in ((torch.optim.SGD, {}), (LinBreg, {"impl": impl, "reg": L1(1e-3)})):
+        w = nn.Parameter(torch.randn(64, 64))
+        x = torch.randn(8, 64, requires_grad=True)
+        y = (x @ w).sum()  # saves w for the gradient of x
+        w.grad = torch.randn_like(w)
+        opt_cls([w], lr=0.1, **kw).step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.backward()
+
+
+def test_load_state_dict_refuses_what_init_refuses_and_keeps_the_old_state():
+    model = _net()
+    opt = LinBreg(model.parameters(), lr=0.1, momentum=0.5)
+    sd = opt.state_dict()
+    sd["param_groups"][0]["lr"] = -5.0
+    with pytest.raises(ValueError, match=r"state_dict group 0: invalid learning rate lr=-5"):
+        opt.load_state_dict(sd)
+    assert opt.param_groups[0]["lr"] == 0.1
+    sd["param_groups"][0]["lr"] = 0.1
+    sd["param_groups"][0]["momentum"] = 5
+    with pytest.raises(ValueError, match=r"invalid momentum=5"):
+        opt.load_state_dict(sd)
+    with pytest.raises(ValueError, match=r"invalid momentum=5"):
+        LinBreg(model.parameters(), lr=0.1, momentum=5)
+    with pytest.raises(ValueError, match="not an optimizer state dict"):
+        opt.load_state_dict({"nothing": 1})

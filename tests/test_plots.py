@@ -152,3 +152,83 @@ def test_widths_log_scale_zero_width_and_single_epoch(tmp_path):
     _check_png(plots.plot_widths(log, tmp_path / "w.png"))
     _check_png(plots.plot_metrics(log, tmp_path / "m.png"))
     _check_png(plots.plot_scale_space(log, tmp_path / "s.png"))
+
+
+# -- what the pictures show (each failed before the fix) -----------------------------------------
+def _axes(fig):
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def _grow(n_layers=3, epochs=6, widths=None, full=False):
+    names = [f"l{i}" for i in range(n_layers)]
+    widths = widths or {n: 64 for n in names}
+    out = []
+    for e in range(1, epochs + 1):
+        active = {
+            n: (widths[n] if full else min(widths[n], 4 * e + i)) for i, n in enumerate(names)
+        }
+        r = {"epoch": e, "train_loss": 0.3 / e, "val_loss": 0.05 * e, "density": 1.0 if full
+             else 0.1 * e, "active_units": active, "widths": widths}  # fmt: skip
+        out.append(r)
+    out[0]["initial"] = {"density": 0.02, "active_units": {n: 2 for n in names}}
+    return out
+
+
+def test_the_sparse_start_is_epoch_zero():
+    fig = plots.scale_space_figure(_grow())
+    ax_u, ax_d = _axes(fig)[:2]
+    assert all(line.get_xdata()[0] == 0 for line in ax_u.get_lines())
+    assert ax_u.get_lines()[0].get_ydata()[0] == 2  # the start's active units
+    assert ax_d.get_lines()[0].get_xdata()[0] == 0
+    assert ax_d.get_lines()[0].get_ydata()[0] == pytest.approx(2.0)  # 2% at the start
+
+
+def test_the_density_line_is_not_on_the_frame():
+    fig = plots.scale_space_figure(_grow(full=True))
+    ax_d = _axes(fig)[1]
+    top = max(max(line.get_ydata()) for line in ax_d.get_lines())
+    assert ax_d.get_ylim()[1] > top * 1.02
+
+
+def test_many_layers_are_a_heatmap_not_22_lines():
+    fig = plots.scale_space_figure(_grow(n_layers=22))
+    ax_u = _axes(fig)[0]
+    assert len(ax_u.images) == 1 and ax_u.get_legend() is None
+    assert [t.get_text() for t in ax_u.get_yticklabels()] == [f"l{i}" for i in range(22)]
+    assert ax_u.images[0].get_array().shape == (22, 7)  # layers x epochs 0..6
+
+
+def test_a_wide_fixed_output_does_not_squash_the_hidden_layers():
+    widths = {"l0": 784, "l1": 784, "l2": 784}
+    log = _grow(widths=widths)
+    for r in log:
+        r["active_units"]["l2"] = 784  # the output layer: always all 784
+    ax_u = _axes(plots.scale_space_figure(log))[0]
+    assert ax_u.get_yscale() == "log"
+    mixed = _grow(widths={"l0": 784, "l1": 30, "l2": 10})
+    ax_m = _axes(plots.scale_space_figure(mixed))[0]
+    assert ax_m.get_ylim()[1] <= 1.1  # fractions of each layer's width
+
+
+def test_epoch_ticks_are_integers():
+    for fig in (plots.scale_space_figure(_grow(epochs=20)), plots.metrics_figure(_grow(epochs=20))):
+        for ax in _axes(fig):
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_curves_that_coincide_stay_visible():
+    fig = plots.scale_space_figure(_grow(full=True))
+    lines = _axes(fig)[0].get_lines()
+    assert len(lines) == 3
+    assert len({line.get_markevery() for line in lines}) == 3  # markers at other epochs
+    assert len({line.get_linestyle() for line in lines}) == 3
+    assert len({line.get_marker() for line in lines}) == 3
+
+
+def test_log_axes_label_more_than_decades():
+    ax_l = _axes(plots.metrics_figure(_grow(epochs=8)))[1]
+    assert ax_l.get_yscale() == "log"
+    lo, hi = ax_l.get_ylim()
+    labelled = [t for t in ax_l.yaxis.get_majorticklocs() if lo <= t <= hi]
+    assert len(labelled) >= 3  # 0.05, 0.1, 0.2, ... not only 10^-1

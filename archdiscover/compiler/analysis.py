@@ -6,9 +6,13 @@ Every channel of every tensor in the traced graph is classified *structurally* a
 * a Conv / ConvTranspose / Linear output channel is constant when its weights from
   non-constant inputs are all zero (a non-zero constant entering a zero-padded or
   transposed convolution is not constant at the borders, so it counts as non-constant);
-* per-channel layers keep constants constant (a zero-padded average pool does not); a
-  normalization with zero scale outputs its shift whatever its input;
-* sums and products of constants are constant; a product with an exact zero is zero.
+* per-channel layers keep constants constant (a zero-padded average pool, or zero / constant
+  padding by another value, does not); a normalization with zero scale outputs its shift
+  whatever its input; a tensor attribute is constant along the dims that hold no channels
+  when its values are;
+* reshapes, permutes and indexing move constness with the channels;
+* sums and products of constants are constant; a product with an exact zero is zero; a
+  softmax row mixing a constant value channel (``attn @ v``, attention heads) keeps it.
 
 The value of a constant channel is then read from one forward pass on the example inputs.
 """
@@ -20,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor
 
-from ..graph import ops
-from ..graph.trace import ChannelGraph
+from ..graph.trace import ChannelGraph, Producer
 
-__all__ = ["ValueAnalysis", "capture"]
+__all__ = ["ValueAnalysis", "capture", "producer_weight"]
 
 
 def capture(gm: torch.fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[str, Tensor]:
@@ -44,10 +48,23 @@ def capture(gm: torch.fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[str, T
     return values
 
 
-def _first(v: Tensor, axis: int, n: int) -> np.ndarray:
-    """The value of each channel at the first sample and position (float64 numpy)."""
-    t = v.movedim(axis, -1).reshape(-1, n)[0] if v.dim() > 1 else v.reshape(-1)[:n]
-    return t.double().cpu().numpy()
+def _rows(v: Tensor, axes: tuple[int, ...], n: int) -> Tensor:
+    """``v`` with its channel grid (dims ``axes``) flattened last: ``(positions, n)``."""
+    if not axes:
+        return v.reshape(-1, 1)[:, :0]
+    k = len(axes)
+    return v.movedim(axes, tuple(range(v.dim() - k, v.dim()))).reshape(-1, n)
+
+
+def producer_weight(gm: torch.fx.GraphModule, spec: Producer) -> Tensor:
+    """The weight of a producer as ``(out, in / groups, *k)`` (detached)."""
+    owner = gm.get_submodule(spec.module)
+    w = getattr(owner, spec.weight).detach()
+    if spec.kind == "convt":
+        w = w.transpose(0, 1)
+    elif spec.kind == "matmul":
+        w = w.t()
+    return w
 
 
 class ValueAnalysis:
@@ -57,22 +74,35 @@ class ValueAnalysis:
         g: the traced graph.
         values: each node's output on the example inputs.
         const: per node, a boolean per channel: structurally constant.
+        indep: per node, True when its value does not depend on the model's inputs.
     """
 
     def __init__(self, g: ChannelGraph, inputs: tuple[Tensor, ...]) -> None:
         self.g = g
         self.values = capture(g.gm, inputs)
         self.const: dict[str, np.ndarray] = {}
+        self.tconst: dict[str, list[np.ndarray | None]] = {}
+        self.indep: dict[str, bool] = {}
         self._val: dict[str, np.ndarray] = {}
         for node in g.gm.graph.nodes:
+            self.indep[node.name] = node.op == "get_attr" or (
+                node.op not in ("placeholder", "output")
+                and bool(node.all_input_nodes)
+                and all(self.indep.get(a.name, False) for a in node.all_input_nodes)
+            )
             self._visit(node)
 
+    # -- values -----------------------------------------------------------------------
     def value_of(self, name: str) -> np.ndarray:
         """Each channel's value of node ``name`` at the first sample and position (the value
         of the channels that are constant)."""
         if name not in self._val:
             s = self.g.slots[name]
-            self._val[name] = _first(self.values[name], self.g.axis[name], len(s))
+            assert s is not None
+            if name not in self.values:  # a virtual node (attention heads)
+                self.values[name] = self._virtual_value(name)
+            rows = _rows(self.values[name], self.g.axes[name], len(s))
+            self._val[name] = rows[0].double().cpu().numpy()
         return self._val[name]
 
     def zero_tensor(self, name: str) -> bool:
@@ -80,89 +110,231 @@ class ValueAnalysis:
         c = self.const.get(name)
         return c is not None and bool(c.all()) and not bool(self.values[name].any())
 
+    def const_of(self, name: str, n: int) -> np.ndarray:
+        """:attr:`const` of node ``name``, all False for a tensor whose channels are not
+        tracked (``n`` channels: the ones a layer reading it sees)."""
+        c = self.const.get(name)
+        return c if c is not None and len(c) == n else np.zeros(n, dtype=bool)
+
+    def zero_of(self, name: str, n: int) -> np.ndarray:
+        """:meth:`zero` of node ``name``, all False for a tensor whose channels are not
+        tracked."""
+        c = self.const.get(name)
+        return self.zero(name) if c is not None and len(c) == n else np.zeros(n, dtype=bool)
+
+    def zero(self, name: str) -> np.ndarray:
+        """Per channel of node ``name``: structurally constant and exactly zero."""
+        c = self.const[name]
+        if not len(c):
+            return c
+        return c & (np.where(c, self.value_of(name), np.nan) == 0)
+
+    def uniform(self, name: str) -> bool:
+        """True when node ``name`` holds one value everywhere, whatever the input."""
+        v = self.values.get(name)
+        if v is None:
+            return False
+        flat = v.reshape(-1)
+        if flat.numel() and not bool((flat == flat[0]).all()):
+            return False
+        if self.indep.get(name, False):
+            return True
+        c = self.const.get(name)
+        return c is not None and len(c) > 0 and bool(c.all())
+
+    def _virtual_value(self, name: str) -> Tensor:
+        info = self.g.info[name]
+        mod = self.g.gm.get_submodule(info.module)
+        x = self.values[info.inputs[0]]
+        e = mod.in_proj_weight.shape[0] // 3
+        w = mod.in_proj_weight.detach()[2 * e :]
+        b = None if mod.in_proj_bias is None else mod.in_proj_bias.detach()[2 * e :]
+        return F.linear(x, w, b)
+
+    # -- per node -----------------------------------------------------------------------
     def _visit(self, node: torch.fx.Node) -> None:
         g, name = self.g, node.name
+        info = g.info.get(name)
+        if info is None:
+            return
+        if name in g.tuples:
+            self.tconst[name] = self._tuple(info, name)
+            return
         s = g.slots.get(name)
         if s is None:
             return
-        info = g.info[name]
         n = len(s)
         kind = info.kind
         false = np.zeros(n, dtype=bool)
-        ins = [i for i in info.inputs if g.slots.get(i) is not None]
-        if kind in ("input", "opaque", "output", "other") or not ins:
+        ins = [i for i in info.inputs if g.slots.get(i) is not None or i in g.tuples]
+        if kind == "param":
+            rows = _rows(self.values[name], g.axes[name], n)
+            self.const[name] = (rows == rows[:1]).all(0).cpu().numpy()
+            return
+        if kind in ("input", "opaque", "output", "other", "mixed"):
             self.const[name] = false
             return
-        if kind == "producer":
-            self.const[name] = self._producer(info.module, ins[0])
+        if kind == "pointwise" and info.inputs and info.inputs[0] in g.tuples:
+            item = node.args[1]
+            c = self.tconst.get(info.inputs[0], [])
+            self.const[name] = (
+                c[item] if isinstance(item, int) and c and c[item] is not None else false
+            )
+            return
+        if kind == "producer" and info.inputs:
+            self.const[name] = self._producer(info.detail["producer"], info.inputs[0])
+            return
+        if not ins:
+            self.const[name] = false
             return
         if kind == "depthwise":
-            m = g.gm.get_submodule(info.module)
+            spec: Producer = info.detail["producer"]
+            w = producer_weight(g.gm, spec)
+            mult = w.shape[0] // len(self.const[ins[0]]) if len(self.const[ins[0]]) else 1
             xc = self.const[ins[0]].copy()
-            if ops.is_zero_padded(m):
+            if spec.zero_padded and xc.any():
                 xc &= self.value_of(ins[0]) == 0
-            wz = m.weight.detach().flatten(1).abs().sum(1).cpu().numpy() == 0
-            self.const[name] = xc | wz
+            wz = w.flatten(1).abs().sum(1).cpu().numpy() == 0
+            self.const[name] = np.repeat(xc, mult) | wz
             return
-        if kind in ("norm", "pointwise", "flatten", "reduce"):
+        if kind in ("norm", "pointwise", "reduce"):
             self.const[name] = self._per_channel(info, ins[0], n)
             return
+        if kind == "layout":
+            gather = info.detail.get("gather")
+            xc = self.const[ins[0]]
+            self.const[name] = xc[gather] if gather is not None and len(gather) == n else false
+            return
         if kind == "cat":
-            parts = [self.const[i] for i in info.inputs]
-            if info.detail.get("along_channels"):
+            parts = [self.const[i] for i in info.inputs if i in self.const]
+            if len(parts) != len(info.inputs):
+                self.const[name] = false
+            elif info.detail.get("along_channels"):
                 self.const[name] = np.concatenate(parts)
             else:
                 self.const[name] = np.logical_and.reduce(parts)
             return
         if kind == "binary":
-            # operands with one value per channel (full tensors, or per-channel gates
-            # broadcast over the other dims) act channel by channel; the rest (size-1
-            # channel dims, trailing-dim vectors) must be constant everywhere
-            aligned = [i for i in ins if len(g.slots[i]) == n and g.axis[i] == g.axis[name]]
-            others = [i for i in ins if i not in aligned]
-            c = np.logical_and.reduce([self.const[i] for i in aligned])
-            for i in others:
-                c = c & bool(self.const[i].all()) if len(self.const[i]) else c
-            if info.detail.get("op") == "mul":  # a zero factor makes the product zero
-                for i in aligned:
-                    c = c | (self.const[i] & (self.value_of(i) == 0))
-            self.const[name] = c
+            self.const[name] = self._binary(node, info, n)
+            return
+        if kind == "contract":
+            self.const[name] = self._contract(info, n)
             return
         self.const[name] = false
 
-    def _producer(self, module: str | None, x: str) -> np.ndarray:
-        m = self.g.gm.get_submodule(module)
-        xc = self.const[x]
-        transposed = isinstance(m, ops.CONV_TRANSPOSE)
-        w = m.weight.detach()
-        if transposed:
-            w = w.transpose(0, 1)
-        wabs = w.abs().flatten(2).sum(2) if w.dim() > 2 else w.abs()  # (out, in)
+    def _tuple(self, info: Any, name: str) -> list[np.ndarray | None]:
+        g = self.g
+        items = g.tuples[name]
+        if info.kind == "attention":
+            inner = info.detail["inner"]
+            v = info.detail["value"]
+            spec = Producer(info.module, "in_proj_weight", None, "linear")
+            w = producer_weight(g.gm, spec)
+            e = w.shape[0] // 3
+            xc = self.const.get(v, np.zeros(w.shape[1], dtype=bool))
+            self.const[inner] = self._rows_const(w[2 * e :], xc, v, False)
+            return [self._producer(info.detail["producer"], inner), None]
+        gathers = info.detail.get("gathers")
+        x = info.inputs[0] if info.inputs else None
+        xc = self.const.get(x) if x is not None else None
+        out: list[np.ndarray | None] = []
+        for k, it in enumerate(items):
+            if it is None or it[0] is None or xc is None or gathers is None:
+                out.append(
+                    None if it is None or it[0] is None else np.zeros(len(it[0]), dtype=bool)
+                )
+                continue
+            out.append(xc[gathers[k]])
+        return out
+
+    def _rows_const(
+        self, w: Tensor, xc: np.ndarray, x: str, padded: bool, groups: int = 1
+    ) -> np.ndarray:
+        """Output rows of weight ``w`` (out, in / groups, *k) that are constant given input
+        constness ``xc``."""
+        wabs = w.abs().flatten(2).sum(2) if w.dim() > 2 else w.abs()  # (out, in / groups)
         wabs = wabs.double().cpu().numpy()
-        varin = wabs[:, ~xc].sum(1) != 0
-        cin = xc.copy()
-        if transposed or (isinstance(m, ops.CONV) and ops.is_zero_padded(m)):
-            cin &= self.value_of(x) == 0  # a nonzero constant is not constant at borders
-        varin |= wabs[:, ~cin].sum(1) != 0
+        out, a = wabs.shape
+        if groups > 1:
+            grp = np.arange(out) // (out // groups)
+            xcg = xc.reshape(groups, a)[grp]
+        else:
+            xcg = np.broadcast_to(xc, (out, a))
+        varin = (wabs * ~xcg).sum(1) != 0
+        if padded and xc.any():  # a non-zero constant is not constant at the borders
+            cin = xc & (self.value_of(x) == 0)
+            cing = cin.reshape(groups, a)[grp] if groups > 1 else np.broadcast_to(cin, (out, a))
+            varin |= (wabs * ~cing).sum(1) != 0
         return ~varin
+
+    def _producer(self, spec: Producer, x: str) -> np.ndarray:
+        w = producer_weight(self.g.gm, spec)
+        xc = self.const_of(x, w.shape[1] * spec.groups)
+        padded = spec.kind == "convt" or (spec.kind == "conv" and spec.zero_padded)
+        return self._rows_const(w, xc, x, padded, spec.groups)
 
     def _per_channel(self, info: Any, x: str, n: int) -> np.ndarray:
         g = self.g
         xc = self.const[x]
-        rep = info.detail.get("repeat")
-        if rep:
-            xc = np.repeat(xc, rep)
-        padded = info.detail.get("padded_avg", False)
-        if info.module is not None:
-            m = g.gm.get_submodule(info.module)
-            padded = isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)) and (
-                m.count_include_pad and np.any(np.asarray(m.padding) != 0)
-            )
-        if padded:
+        if info.detail.get("padded_avg", False) and xc.any():
             xc = xc & (self.value_of(x) == 0)
+        if "pad_value" in info.detail and xc.any():
+            xc = xc & (self.value_of(x) == info.detail["pad_value"])
         xc = xc.copy() if len(xc) == n else np.zeros(n, dtype=bool)
         if info.kind == "norm":  # a zero scale makes the output the shift, whatever the input
-            m = g.gm.get_submodule(info.module)
-            if getattr(m, "weight", None) is not None:
-                xc |= m.weight.detach().cpu().numpy() == 0
+            for mod, p in info.detail.get("params", []):
+                if p == "weight":
+                    w = getattr(g.gm.get_submodule(mod), p, None)
+                    if w is not None:
+                        xc |= w.detach().cpu().numpy() == 0
         return xc
+
+    def _binary(self, node: torch.fx.Node, info: Any, n: int) -> np.ndarray:
+        g = self.g
+        aligned = list(info.detail.get("aligned", []))
+        others = [a.name for a in node.all_input_nodes if a.name not in aligned]
+        op = info.detail.get("op")
+        if op == "mask":
+            return np.zeros(n, dtype=bool)
+        parts = [self.const[i] for i in aligned if i in self.const and len(self.const[i]) == n]
+        c = np.logical_and.reduce(parts) if parts else np.ones(n, dtype=bool)
+        for i in others:
+            if i in g.tuples or i not in self.values:  # a scalar: the same for all channels
+                continue
+            if not self.uniform(i):
+                c = np.zeros(n, dtype=bool)
+        if op == "mul":  # a zero factor makes the product zero
+            for i in aligned:
+                if i in self.const and len(self.const[i]) == n:
+                    c = c | self.zero(i)
+            for i in others:
+                if (
+                    i in self.values
+                    and self.uniform(i)
+                    and not bool(self.values[i].reshape(-1)[:1].any())
+                ):
+                    c = np.ones(n, dtype=bool)
+        return c
+
+    def _contract(self, info: Any, n: int) -> np.ndarray:
+        """Constant and zero output entries of a matmul / einsum / attention."""
+        contrib = info.detail.get("contrib", [])
+        stochastic = info.detail.get("stochastic")
+        const = np.ones(n, dtype=bool)
+        zero = np.zeros(n, dtype=bool)
+        for k, (name, idx) in enumerate(contrib):
+            if idx is None:
+                ok = self.uniform(name)
+                if not ok and k != stochastic:
+                    const[:] = False
+                if ok and not bool(self.values[name].reshape(-1)[:1].any()):
+                    zero[:] = True
+                continue
+            c = self.const.get(name)
+            if c is None:
+                const[:] = False
+                continue
+            if k != stochastic:
+                const &= c[idx].all(1)
+            zero |= self.zero(name)[idx].all(1)
+        return const | zero

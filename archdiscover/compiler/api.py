@@ -34,11 +34,13 @@ def compile(
         example_inputs: a tensor or tuple of tensors (a small batch is enough).
         atol: tolerance on ``max |compact - original| / max(1, max |original|)``.
         round_to: an int r: keep just enough removable (zero or unused) channels to round each
-            layer's width up to a multiple of r; ``"auto"``: try 1, 4, 8, 16 and keep the one
-            fastest in onnxruntime on this machine (median latency at each of
-            ``auto_batch_sizes`` relative to r=1, geometric mean over the batch sizes; among
-            candidates within 3% of the fastest, the largest r, whose speed carries over to
-            CPUs with other SIMD widths).
+            layer's width up to a multiple of r (1, the default, gives the minimal widths,
+            which may run slower than the dense model in onnxruntime when they are not
+            multiples of the CPU's vector width: use "auto" or 8 / 16 for deployment);
+            ``"auto"``: try 1, 4, 8, 16 and keep the one fastest in onnxruntime on this
+            machine (median latency at each of ``auto_batch_sizes`` relative to r=1,
+            geometric mean over the batch sizes; among candidates within 3% of the fastest,
+            the largest r, whose speed carries over to CPUs with other SIMD widths).
         strict: raise when an unsupported operation blocks the removal of a zero channel
             group; with ``strict=False`` those channels are kept and counted in the report.
         n_random: number of fresh random inputs the result is verified on.

@@ -76,11 +76,13 @@ def plan_carriers(g: ChannelGraph, a: ValueAnalysis, p: Plan) -> dict[int, int]:
     worst = np.full(nlab, np.inf)  # smallest |value| at a consumer
     for mem in _consumers(g):
         labs = g.labels[mem.slots]
-        c = a.const[mem.src]
-        if mem.module in shared:
-            ok[labs] = False
+        if mem.module in shared or mem.groups > 1 or mem.rows is not None:
+            ok[labs] = False  # grouped convs and attention projections keep their channels
             continue
+        c = a.const_of(mem.src, len(mem.slots))
         np.logical_and.at(ok, labs, c)
+        if not c.any():
+            continue
         vals = np.abs(np.where(c, a.value_of(mem.src), 0.0))
         np.minimum.at(worst, labs, vals)
         for lab in np.unique(labs[ok[labs]]):
@@ -116,6 +118,8 @@ def merge_carriers(g: ChannelGraph, a: ValueAnalysis, merges: dict[int, int]) ->
         return
     for mem in _consumers(g):
         labs = g.labels[mem.slots]
+        if not np.isin(labs, list(merges)).any():
+            continue
         m = g.gm.get_submodule(mem.module)
         if not isinstance(m, (nn.Linear, *ops.CONV, *ops.CONV_TRANSPOSE)):
             continue  # pragma: no cover - the tracer makes "in" members only for these

@@ -25,10 +25,18 @@ import torch.fx
 from torch import Tensor, nn
 
 from ..graph import ops
-from ..graph.trace import ChannelGraph
-from .analysis import ValueAnalysis
+from ..graph.trace import ChannelGraph, Member, Producer
+from .analysis import ValueAnalysis, producer_weight
 
-__all__ = ["Plan", "drop_zero_branches", "fold_constants", "plan", "round_widths"]
+__all__ = [
+    "Plan",
+    "drop_zero_branches",
+    "fold_constants",
+    "folds_into",
+    "plan",
+    "producer_of",
+    "round_widths",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,13 +87,55 @@ def _branch_name(node: torch.fx.Node) -> str:
 @dataclass
 class Plan:
     """Group labels to remove (``remove``, which includes ``fold``: constants folded into
-    their consumers), what was kept and why (``kept``), and the reasons that block the
-    removal of zero channels (``blocked``)."""
+    their consumers), what was kept and why (``kept``), and the exactly-zero channels that
+    cannot be removed, one line each naming the channel and what blocks it (``blocked``)."""
 
     remove: set[int]
     fold: set[int]
     kept: dict[str, int]
     blocked: list[str]
+
+
+def producer_of(g: ChannelGraph, mem: Member) -> Producer | None:
+    """The producer spec of the layer an input member belongs to."""
+    info = g.info.get(mem.node)
+    if info is None:
+        return None
+    if info.kind == "attention" and mem.param == "in_proj_weight":
+        mod = g.gm.get_submodule(mem.module)
+        bias = "in_proj_bias" if mod.in_proj_bias is not None else None
+        return Producer(mem.module, "in_proj_weight", bias, "linear")
+    return info.detail.get("producer")
+
+
+def in_weight(g: ChannelGraph, mem: Member, spec: Producer) -> Tensor:
+    """The weight an input member reads, as ``(out rows, in / groups, *k)`` (its rows)."""
+    w = producer_weight(g.gm, spec)
+    if mem.rows is not None:
+        w = w[mem.rows[0] : mem.rows[1]]
+    return w
+
+
+def folds_into(g: ChannelGraph, spec: Producer, shared: set[str]) -> bool:
+    """True when a constant input channel of ``spec`` folds exactly into a bias: a Linear
+    (or ``x @ W``), or a Conv without zero padding, whose weights are used once, and which
+    has a bias (or is a module that can get one)."""
+    if spec.module in shared:
+        return False
+    if not (spec.kind in ("linear", "matmul") or (spec.kind == "conv" and not spec.zero_padded)):
+        return False
+    if spec.bias is not None:
+        return True
+    mod = g.gm.get_submodule(spec.module)
+    return isinstance(mod, (nn.Linear, *ops.CONV)) and spec.kind != "matmul"
+
+
+def _columns(mem: Member, v: np.ndarray) -> np.ndarray:
+    """Per input member slot, a per-channel property ``v`` of its source (for a grouped
+    convolution: true at a position only if true in every group)."""
+    if mem.groups > 1:
+        return v.reshape(mem.groups, -1).all(0)
+    return v
 
 
 def plan(g: ChannelGraph, a: ValueAnalysis) -> Plan:
@@ -102,29 +152,27 @@ def plan(g: ChannelGraph, a: ValueAnalysis) -> Plan:
         if mem.role == "out":
             has_out[labs] = True
             continue
-        if mem.role != "in" or mem.param != "weight":
+        if mem.role != "in":
             continue
-        m = g.gm.get_submodule(mem.module)
-        c = a.const[mem.src]
-        z = c & (np.where(c, a.value_of(mem.src), np.nan) == 0)
-        w = getattr(m, mem.param).detach()
-        wz = w.transpose(0, mem.dim).flatten(1).abs().sum(1).cpu().numpy() == 0
-        # a constant folds into a Linear or an unpadded Conv (called once); else only zeros do
-        folds = isinstance(m, nn.Linear) or (isinstance(m, ops.CONV) and not ops.is_zero_padded(m))
-        absorb = c if folds and mem.module not in shared else z
+        spec = producer_of(g, mem)
+        if spec is None or mem.param != spec.weight:
+            continue
+        n = len(mem.slots) * mem.groups
+        c = _columns(mem, a.const_of(mem.src, n))
+        z = _columns(mem, a.zero_of(mem.src, n))
+        w = in_weight(g, mem, spec)
+        wz = w.transpose(0, 1).flatten(1).abs().sum(1).cpu().numpy() == 0
+        absorb = c if folds_into(g, spec, shared) else z
         np.logical_and.at(zero_ok, labs, z)
         np.logical_and.at(dead_ok, labs, wz)
         np.logical_and.at(fold_ok, labs, absorb)
         np.logical_and.at(const_ok, labs, c)
     candidates = has_out.copy()
     kept: dict[str, int] = defaultdict(int)
-    blocked: list[str] = []
-    for lab, (reason, unsupported) in g.frozen.items():
-        if lab < nlab and candidates[lab]:
+    blocked = _blocked_zeros(g, a, has_out, kept)
+    for lab in g.frozen:
+        if lab < nlab:
             candidates[lab] = False
-            if unsupported and (zero_ok[lab] or dead_ok[lab]):
-                kept[f"blocked by {reason}"] += 1
-                blocked.append(reason)
     removable = candidates & (zero_ok | dead_ok)
     fold = candidates & ~removable & fold_ok
     # groups that are constant at every consumer but cannot be folded exactly
@@ -139,6 +187,39 @@ def plan(g: ChannelGraph, a: ValueAnalysis) -> Plan:
         dict(kept),
         blocked,
     )
+
+
+def _blocked_zeros(
+    g: ChannelGraph, a: ValueAnalysis, has_out: np.ndarray, kept: dict[str, int]
+) -> list[str]:
+    """Frozen groups whose channels are exactly zero wherever they flow (every activation
+    carrying them is structurally zero), that reach neither the model input nor its output:
+    one line per blocking reason, naming the first such channel."""
+    nlab = len(has_out)
+    zero_all = np.ones(nlab, dtype=bool)
+    seen = np.zeros(nlab, dtype=bool)
+    for name, s in g.slots.items():
+        if s is None or name not in a.const or g.info[name].kind == "param":
+            continue
+        labs = g.labels[s]
+        seen[labs] = True
+        np.logical_and.at(zero_all, labs, a.zero(name))
+    first: dict[int, tuple[str, int]] = {}
+    for mem in g.members:
+        if mem.role == "out":
+            for i, lab in enumerate(g.labels[mem.slots].tolist()):
+                first.setdefault(lab, (mem.module, i))
+    by_reason: dict[str, list[int]] = defaultdict(list)
+    for lab, (reason, _unsupported) in g.frozen.items():
+        if lab < nlab and has_out[lab] and seen[lab] and zero_all[lab] and lab not in g.boundary:
+            by_reason[reason].append(lab)
+    lines = []
+    for reason, labs in by_reason.items():
+        kept[f"blocked by {reason}"] += len(labs)
+        mod, i = first[labs[0]]
+        more = f" (and {len(labs) - 1} more zero channel group(s))" if len(labs) > 1 else ""
+        lines.append(f"channel {i} of '{mod}' is exactly zero but {reason}{more}")
+    return lines
 
 
 def round_widths(g: ChannelGraph, p: Plan, r: int) -> int:
@@ -181,27 +262,37 @@ def fold_constants(g: ChannelGraph, a: ValueAnalysis, fold: set[int]) -> None:
     if not fold:
         return
     fold_arr = np.array(sorted(fold))
-    deltas: dict[str, Tensor] = {}
+    deltas: dict[tuple[str, str | None, tuple[int, int] | None], Tensor] = {}
+    specs: dict[str, Producer] = {}
     for mem in g.members:
-        if mem.role != "in" or mem.param != "weight":
+        if mem.role != "in":
+            continue
+        spec = producer_of(g, mem)
+        if spec is None or mem.param != spec.weight:
             continue
         pos = np.flatnonzero(np.isin(g.labels[mem.slots], fold_arr))
         if not len(pos):
             continue
-        m = g.gm.get_submodule(mem.module)
-        vals = torch.as_tensor(a.value_of(mem.src)[pos], dtype=torch.float64)
-        w = m.weight.detach().double()
-        if isinstance(m, nn.Linear):
-            d = w[:, pos] @ vals
-        else:  # Conv without zero padding: every output sees the full kernel
-            d = (w[:, pos].flatten(2).sum(2) * vals).sum(1)
-        deltas[mem.module] = deltas.get(mem.module, 0) + d
-    for mod, d in deltas.items():
+        vals = torch.as_tensor(a.value_of(mem.src), dtype=torch.float64)
+        w = in_weight(g, mem, spec).double()
+        wsum = w.flatten(2).sum(2) if w.dim() > 2 else w  # (out, in / groups)
+        if mem.groups > 1:  # each row reads its own group's input channels
+            v = vals.reshape(mem.groups, -1)[torch.arange(w.shape[0]) // (w.shape[0] // mem.groups)]
+            d = (wsum[:, pos] * v[:, pos]).sum(1)
+        else:
+            d = wsum[:, pos] @ vals[pos]
+        key = (spec.module, spec.bias, mem.rows)
+        deltas[key] = deltas.get(key, 0) + d
+        specs[spec.module] = spec
+    for (mod, bias, rows), d in deltas.items():
         m = g.gm.get_submodule(mod)
+        if bias is not None:
+            b = getattr(m, bias)
+            target = b if rows is None else b[rows[0] : rows[1]]
+            target.add_(d.to(b))
+            continue
         bn = _only_user_batchnorm(g, mod)
-        if m.bias is not None:
-            m.bias.add_(d.to(m.bias))
-        elif bn is not None:
+        if bn is not None:
             bn.running_mean.sub_(d.to(bn.running_mean))
         else:
             m.bias = nn.Parameter(d.to(m.weight))

@@ -25,20 +25,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 from .._inputs import Inputs, as_inputs
 from ..export import export_onnx
-from ..graph.ops import producer_widths
+from ..graph.ops import EVAL_IDENTITY_FUNCTIONS, producer_widths, qualified_name
 from ..graph.trace import TraceError, trace, weight_depth
 from ..verify import fresh_inputs, max_error, outputs
 from . import carry, passes
 from .analysis import ValueAnalysis
 from .errors import CompileError
 from .prune import count, prune
+from .rewrite import rewrite_sizes, update_attributes
 from .serialize import save_compiled
 
-__all__ = ["CompileReport", "Compiled", "compile_once"]
+__all__ = ["CompileReport", "Compiled", "checked_inputs", "compile_once"]
 
 
 @dataclass
@@ -66,6 +68,8 @@ class CompileReport:
     max_error: float
     seconds: float
     auto: dict[int, dict[str, float]] = field(default_factory=dict)
+    tracer: str = "torch.fx"
+    attributes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def flops_before(self) -> int:
@@ -106,6 +110,13 @@ class CompileReport:
         )
         for reason, n in self.kept.items():
             lines.append(f"kept {n} removable-looking group(s): {reason}")
+        odd = [n for n, (a, b) in self.layers.items() if 8 < b < a and b % 8]
+        if self.round_to == 1 and odd:
+            lines.append(
+                f"note: {len(odd)} width(s) are not multiples of 8 ({odd[0]}: "
+                f"{self.layers[odd[0]][1]}); in onnxruntime such widths can run slower than the "
+                "dense model: compile with round_to='auto' (or 8 / 16) for deployment"
+            )
         if self.auto:
             lines.append("round_to='auto' (onnxruntime median latency, ms):")
             for r, d in self.auto.items():
@@ -173,6 +184,21 @@ class Compiled:
         return save_compiled(self.model, self.report.to_dict(), path)
 
 
+def checked_inputs(model: nn.Module, example_inputs: Inputs) -> tuple[Tensor, ...]:
+    """The example inputs as a tuple of tensors with a non-empty batch, else CompileError."""
+    try:
+        inputs = as_inputs(example_inputs)
+    except TypeError as e:
+        raise CompileError(f"compile: {e}") from None
+    for i, x in enumerate(inputs):
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise CompileError(
+                f"compile: example input {i} of shape {tuple(x.shape)} has no samples; give "
+                f"{type(model).__name__} a batch of at least one"
+            )
+    return inputs
+
+
 def compile_once(
     model: nn.Module,
     example_inputs: Inputs,
@@ -183,10 +209,19 @@ def compile_once(
 ) -> Compiled:
     """:func:`compile` with one rounding ``round_to`` (what ``"auto"`` calls per candidate)."""
     t0 = time.perf_counter()
-    inputs = as_inputs(example_inputs)
+    inputs = checked_inputs(model, example_inputs)
     work = copy.deepcopy(model).eval()
     checks = [inputs] + [fresh_inputs(inputs, seed) for seed in range(n_random)]
-    refs = [outputs(work, x) for x in checks]
+    try:
+        refs = [outputs(work, x) for x in checks]
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        shapes = ", ".join(
+            f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}" for x in inputs
+        )
+        raise CompileError(
+            f"{type(model).__name__} cannot run on the example inputs ({shapes}): {first}"
+        ) from None
     if any(bool(torch.isnan(t).any()) for r in refs for t in r):
         raise CompileError(
             f"{type(model).__name__} computes NaN on the example inputs (diverged weights?); "
@@ -200,31 +235,56 @@ def compile_once(
         raise CompileError(str(e)) from e
     depth0 = weight_depth(g)
     dropped: list[str] = []
-    for _ in range(64):  # each pass drops at least one branch
-        a = ValueAnalysis(g, inputs)
+    a = ValueAnalysis(g, inputs)
+    # torch.export's graph is specialized to the example shapes: keep the user's module
+    for _ in range(64 if g.tracer == "torch.fx" else 0):  # each pass drops >= 1 branch
         new = passes.drop_zero_branches(g, a)
         if not new:
             break
         dropped += new
         g = trace(g.gm, inputs)
+        a = ValueAnalysis(g, inputs)
     p = passes.plan(g, a)
     if strict and p.blocked:
-        reasons = "; ".join(sorted(set(p.blocked)))
         raise CompileError(
-            f"zero channels cannot be removed through an unsupported operation: {reasons}. "
-            "Pass strict=False to keep them (see archdiscover.inspect)."
+            "exactly zero channels cannot be removed: "
+            + "; ".join(p.blocked)
+            + ". Pass strict=False to keep them (see archdiscover.inspect)."
         )
     merges = carry.plan_carriers(g, a, p)
     passes.round_widths(g, p, round_to)
     merges = {lab: c for lab, c in merges.items() if lab in p.remove}
     passes.fold_constants(g, a, p.fold - set(merges))
     carry.merge_carriers(g, a, merges)
-    prune(g, p.remove)
-    out_model: nn.Module = g.gm if dropped else work
+    prune(g, p.remove, work)
+    changed = rewrite_sizes(g, p.remove)
+    attributes = update_attributes(g, work, changed)
+    # the user's class when it computes the new sizes itself, else the rewritten graph
     if dropped:
-        out_model.graph.lint()
-    errors = [max_error(outputs(out_model, x), r) for r, x in zip(refs, checks, strict=True)]
-    worst = max(errors, key=lambda e: e.rel)
+        choices: list[nn.Module] = [_rooted(work, g.gm)]
+        choices[0].delete_all_unused_submodules()  # type: ignore[operator]
+    elif g.sizes and p.remove:
+        choices = [work, _rooted(work, g.gm)]
+    else:
+        choices = [work]
+    worst, out_model, failure = None, choices[-1], ""
+    for cand in choices:
+        if isinstance(cand, torch.fx.GraphModule):
+            _drop_eval_identities(cand)
+            cand.graph.lint()
+        try:
+            errors = [max_error(outputs(cand, x), r) for r, x in zip(refs, checks, strict=True)]
+        except Exception as e:  # e.g. a reshape by a size the class computes from elsewhere
+            failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            continue
+        worst, out_model = max(errors, key=lambda e: e.rel), cand
+        if worst.rel <= atol:
+            break
+    if worst is None:
+        raise CompileError(
+            f"the compact {type(model).__name__} does not run ({failure}); nothing was "
+            "returned. Please report this model."
+        )
     if not worst.rel <= atol:
         detail = f" ({worst.note})" if worst.note else ""
         raise CompileError(
@@ -250,5 +310,31 @@ def compile_once(
         round_to=round_to,
         max_error=worst.rel,
         seconds=time.perf_counter() - t0,
+        tracer=g.tracer,
+        attributes=attributes if out_model is work else {},
     )
     return Compiled(out_model, report, inputs)
+
+
+def _rooted(model: nn.Module, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``gm``'s graph over ``model``'s own submodules (so ``compiled.model.blocks[0].attn``
+    is the user's attention module, with its updated head count), named after its class."""
+    out = torch.fx.GraphModule(model, gm.graph, class_name=type(model).__name__)
+    for name, child in model.named_children():
+        setattr(out, name, child)
+    return out
+
+
+def _drop_eval_identities(gm: torch.fx.GraphModule) -> None:
+    """Replace calls that are the identity in eval mode (stochastic depth, drop path) by
+    their input in a compiled graph (traced in eval mode, they compute nothing)."""
+    hit = False
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and qualified_name(node.target) in EVAL_IDENTITY_FUNCTIONS:
+            x = node.args[0] if node.args else None
+            if isinstance(x, torch.fx.Node):
+                node.replace_all_uses_with(x)
+                gm.graph.erase_node(node)
+                hit = True
+    if hit:
+        gm.recompile()

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .._io import save_atomic
 from ..graph import ops
+from ..layers import PrunedMultiheadAttention
 from .errors import CompileError
 
 __all__ = [
@@ -117,6 +118,25 @@ _SPECS: dict[type[nn.Module], dict[str, Callable[[Any], bool]]] = {
     **{t: {**_CONV_SPEC, "output_padding": _ints(0, _MAX_GEOMETRY)} for t in ops.CONV_TRANSPOSE},
     **{t: _NORM_SPEC for t in ops.NORM},
     nn.PReLU: {"num_parameters": _int(1, _MAX_WIDTH)},
+    nn.GroupNorm: {
+        "num_groups": _int(1, _MAX_WIDTH),
+        "num_channels": _int(1, _MAX_WIDTH),
+        "eps": _real(0.0, 1.0),
+        "affine": _bool,
+    },
+    PrunedMultiheadAttention: {
+        "embed_dim": _int(1, _MAX_WIDTH),
+        "num_heads": _int(1, _MAX_WIDTH),
+        "head_dim": _int(1, _MAX_WIDTH),
+        "out_dim": _int(1, _MAX_WIDTH),
+        "dropout": _real(0.0, 1.0),
+        "batch_first": _bool,
+        "bias": _bool,
+    },
+}
+#: a saved layer of the key's type may replace a layer of one of these types in the model
+_REPLACES: dict[type[nn.Module], tuple[type[nn.Module], ...]] = {
+    PrunedMultiheadAttention: (nn.MultiheadAttention,)
 }
 #: the layer types a compiled file may rebuild, by name
 LAYER_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in _SPECS}
@@ -142,8 +162,8 @@ def _module_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
         if spec is None or not name:
             continue
         args = {k: _plain(getattr(m, k)) for k in spec if k != "bias"}
-        if "bias" in spec:  # Linear / Conv / ConvTranspose take a bias flag
-            args["bias"] = m.bias is not None
+        if "bias" in spec:  # Linear / Conv / ConvTranspose / attention take a bias flag
+            args["bias"] = getattr(m, "in_proj_bias" if "head_dim" in spec else "bias") is not None
         specs[name] = {"type": type(m).__name__, "args": args}
     return specs
 
@@ -154,7 +174,7 @@ def _build_module(where: str, name: str, spec: Any, existing: nn.Module) -> nn.M
     cls = LAYER_TYPES.get(spec["type"]) if isinstance(spec["type"], str) else None
     if cls is None:
         raise ValueError(f"{where}: layer {name!r}: layer type {spec['type']!r} is not allowed")
-    if type(existing) is not cls:
+    if type(existing) is not cls and not isinstance(existing, _REPLACES.get(cls, ())):
         raise ValueError(
             f"{where}: layer {name!r} is a {type(existing).__name__} in the model, the file "
             f"makes it a {cls.__name__}"
@@ -193,6 +213,13 @@ _EXTRA_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     torch.chunk,
     torch.split,
     torch.stack,
+    torch.unbind,
+    torch.t,
+    torch.swapaxes,
+    torch.movedim,
+    torch.einsum,
+    torch.maximum,
+    torch.minimum,
     torch.matmul,
     torch.bmm,
     torch.softmax,
@@ -211,6 +238,7 @@ _EXTRA_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     F.scaled_dot_product_attention,
     F.pad,
     F.normalize,
+    F.glu,
 )
 #: attribute names ``getattr`` may read in a saved graph (``x.shape`` traces to getattr)
 _GETATTR_NAMES = frozenset({"shape", "dtype", "device", "ndim"})
@@ -239,6 +267,14 @@ ALLOWED_METHODS = frozenset(
         "sub",
         "pow",
         "unflatten",
+        "unbind",
+        "t",
+        "swapaxes",
+        "movedim",
+        "view_as",
+        "reshape_as",
+        "repeat",
+        "masked_fill",
     }
 )
 _DTYPES = frozenset(
@@ -479,14 +515,76 @@ def save_compiled(
     model: nn.Module, report: dict[str, Any], path: str | os.PathLike
 ) -> pathlib.Path:
     """Write ``model``'s narrowed layer shapes, its graph (for a ``GraphModule``) and weights."""
+    specs = _module_specs(model)
+    owned = tuple(f"{n}." for n in specs)
     payload: dict[str, Any] = {
         "format": FORMAT,
-        "modules": _module_specs(model),
+        "modules": specs,
         "graph": _encode_graph(model.graph) if isinstance(model, torch.fx.GraphModule) else None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # tensors outside the rebuilt layers (a per-channel scale, a class token): shapes
+        "tensors": {
+            k: list(v.shape) for k, v in model.state_dict().items() if not k.startswith(owned)
+        },
+        "attributes": _plain(report.get("attributes", {})),
         "report": _plain(report),
     }
     return save_atomic(payload, path)
+
+
+def _resize_tensors(where: str, model: nn.Module, shapes: Any) -> None:
+    """Give tensors outside the rebuilt layers their saved shapes (values come with the
+    state dict); every name must be a parameter or buffer of the model, every size an int."""
+    if not isinstance(shapes, dict):
+        raise ValueError(f"{where}: 'tensors' must map tensor names to shapes")
+    for name, shape in shapes.items():
+        ok = (
+            isinstance(name, str)
+            and _PATH.match(name)
+            and isinstance(shape, list)
+            and len(shape) <= 8
+            and all(_int(0, _MAX_WIDTH)(d) for d in shape)
+        )
+        if not ok:
+            raise ValueError(f"{where}: bad tensor shape entry {name!r}: {shape!r}")
+        owner, _, attr = name.rpartition(".")
+        try:
+            m = model.get_submodule(owner)
+        except AttributeError:
+            raise ValueError(f"{where}: tensor {name!r} does not exist in the model") from None
+        t = m._parameters.get(attr) if attr in m._parameters else m._buffers.get(attr)
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{where}: {name!r} is not a parameter or buffer of the model")
+        if list(t.shape) == shape:
+            continue
+        new = torch.empty(shape, dtype=t.dtype)
+        if attr in m._parameters:
+            m._parameters[attr] = nn.Parameter(new, requires_grad=t.requires_grad)
+        else:
+            m._buffers[attr] = new
+
+
+def _set_attributes(where: str, model: nn.Module, attrs: Any) -> None:
+    """Head counts the compiler updated (``num_heads`` and the like): each one an int
+    attribute the module already has, set to an int within bounds."""
+    from .rewrite import HEAD_ATTRIBUTES
+
+    if not isinstance(attrs, dict):
+        raise ValueError(f"{where}: 'attributes' must map module names to attributes")
+    for name, values in attrs.items():
+        if not isinstance(name, str) or not (name == "" or _PATH.match(name)):
+            raise ValueError(f"{where}: {name!r} is not a module name")
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{where}: module {name!r} does not exist in the model") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: attributes of {name!r} must be a dict")
+        for attr, v in values.items():
+            cur = getattr(m, attr, None) if attr in HEAD_ATTRIBUTES else None
+            if not isinstance(cur, int) or isinstance(cur, bool) or not _int(1, _MAX_WIDTH)(v):
+                raise ValueError(f"{where}: attribute {attr!r} of {name!r} cannot be set to {v!r}")
+            setattr(m, attr, v)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -538,6 +636,8 @@ def load_compiled(path: str | os.PathLike, build: Callable[[], nn.Module]) -> nn
                 f"{where}: layer {name!r} does not exist in the model built by {build!r}"
             ) from None
         _set_submodule(model, name, _build_module(where, name, spec, existing))
+    _resize_tensors(where, model, payload.get("tensors", {}))
+    _set_attributes(where, model, payload.get("attributes", {}))
     if payload["graph"] is not None:
         graph = _Decoder(where, model).graph(payload["graph"])
         model = torch.fx.GraphModule(model, graph)

@@ -12,20 +12,38 @@ exported model keeps its speed on the CPU it is deployed to, not only on this on
 from __future__ import annotations
 
 import math
+import os
 import pathlib
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
 
 from torch import nn
 
-from .._inputs import Inputs, as_inputs
+from .._inputs import Inputs
+from .._io import alive
 from ..latency import onnx_latency
-from .pipeline import Compiled, compile_once
+from .pipeline import Compiled, checked_inputs, compile_once
 
-__all__ = ["ROUND_CANDIDATES", "compile_auto"]
+__all__ = ["PREFIX", "ROUND_CANDIDATES", "compile_auto", "remove_stale_folders"]
 
 ROUND_CANDIDATES = (1, 4, 8, 16)
+#: temporary folders of the candidates: ``<tmp>/archdiscover-auto-<pid>-<random>``
+PREFIX = "archdiscover-auto-"
+
+
+def remove_stale_folders() -> list[pathlib.Path]:
+    """Delete the candidate folders that killed compiles (their process is gone) left in the
+    temporary directory; returns what was removed."""
+    removed = []
+    for d in pathlib.Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        pid = d.name[len(PREFIX) :].split("-", 1)[0]
+        if not d.is_dir() or not pid.isdigit() or alive(int(pid)):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
 
 
 def compile_auto(
@@ -38,12 +56,13 @@ def compile_auto(
 ) -> Compiled:
     """:func:`archdiscover.compile` with ``round_to="auto"``."""
     t0 = time.perf_counter()
-    inputs = as_inputs(example_inputs)
+    inputs = checked_inputs(model, example_inputs)
     if len(inputs) != 1:
         raise ValueError("round_to='auto' measures latency for single-input models only")
     results: dict[int, Compiled] = {}
     paths: dict[int, pathlib.Path] = {}
-    with tempfile.TemporaryDirectory(prefix="archdiscover-auto-") as tmp:
+    remove_stale_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-") as tmp:
         for r in ROUND_CANDIDATES:
             c = compile_once(model, inputs, atol, r, strict, n_random)
             widths = _widths(c)

@@ -48,8 +48,10 @@ class TrainConfig:
     """Everything a run needs; the same keys in a TOML file or as CLI flags.
 
     Attributes:
-        model: a name from ``archdiscover.models.available()``; ``model_args`` its keyword
-            arguments.
+        model: a name from ``archdiscover.models.available()``, or your own model as
+            ``package.module:factory`` (imported from the installed packages or the current
+            directory; ``factory(**model_args)`` returns the ``nn.Module``); ``model_args``
+            its keyword arguments.
         dataset: ``mnist5k``, ``digits``, ``mnist``, ``fashion_mnist`` or ``cifar10``
             (the last three read from ``data_dir`` or ``$ARCHDISCOVER_DATA``); ``pad_to``
             zero-pads images to a square size (e.g. 32 for CIFAR ResNets on MNIST).
@@ -143,11 +145,15 @@ class TrainConfig:
                 raise ConfigError(f"{where}: {msg}")
 
         from .. import models
+        from .resolve import is_import_path, model_error
 
-        need(
-            self.model in models.available(),
-            f"unknown model {self.model!r} (available: {', '.join(models.available())})",
-        )
+        why = model_error(self.model)
+        need(why is None, str(why))
+        if not is_import_path(self.model):
+            try:
+                models.check_args(self.model, self.model_args)
+            except TypeError as e:
+                raise ConfigError(f"{where}: model_args: {e}") from None
         need(
             self.dataset in _data.DATASETS,
             f"unknown dataset {self.dataset!r} (known: {', '.join(sorted(_data.DATASETS))})",

@@ -23,6 +23,7 @@ by ``(seed, epoch, batch)``, and torch's global RNG state is saved with each che
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import time
@@ -37,14 +38,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import data as _data
-from .._io import save_atomic
+from .._io import remove_temporaries, save_atomic
 from ..init import sparse_init_
 from ..metrics import psnr_from_mse
 from ..schedule import LamScheduler
 from ..sparsity import report as sparsity_report
 from .checkpoint import (
     CheckpointError,
+    RunLock,
     append_log,
+    check_checkpoint,
     checkpoints,
     last_record,
     load_checkpoint,
@@ -55,7 +58,17 @@ from .config import ConfigError, TrainConfig
 from .dist import Dist, barrier, init_distributed
 from .recipes import build_optimizer, lr_scheduler, unit_counter
 
-__all__ = ["RunResult", "build_model", "load_split", "load_trained", "train"]
+__all__ = ["DivergenceError", "RunResult", "build_model", "load_split", "load_trained", "train"]
+
+#: models with fewer parameters than this train on one thread unless ``threads`` says otherwise
+SMALL_MODEL = 1_000_000
+#: a training loss this many times the first one (or NaN / Inf) stops the run as diverged
+EXPLODED = 1e6
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite or exploded loss, or non-finite weights; the run
+    stopped before saving them."""
 
 
 def _device(name: str) -> torch.device:
@@ -67,13 +80,92 @@ def _device(name: str) -> torch.device:
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The supernet ``cfg.model`` with ``cfg.model_args``."""
-    from .. import models
+    """The model ``cfg.model`` (a registered supernet, its arguments checked against its
+    signature, or ``package.module:factory``) with ``cfg.model_args``."""
+    from . import resolve
 
     try:
-        return models.build(cfg.model, **cfg.model_args)
-    except TypeError as e:
-        raise ConfigError(f"config: bad model_args for model {cfg.model!r}: {e}") from None
+        return resolve.build(cfg.model, cfg.model_args)
+    except (TypeError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if f"model {cfg.model!r}" not in first:
+            first = f"bad model_args for model {cfg.model!r}: {first}"
+        raise ConfigError(f"config: {first}") from None
+
+
+def _check_fits(model: nn.Module, cfg: TrainConfig, split: _data.Split, x: Tensor) -> None:
+    """One forward pass on two training images: the model must run on the data and give
+    what the task needs, else one :class:`ConfigError` line that says what to change."""
+    what = f"model {cfg.model!r} with model_args {cfg.model_args}"
+    shape = tuple(x.shape[1:])
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"config: {what} cannot run on {cfg.dataset} images of shape {shape}: {first}"
+        ) from None
+    finally:
+        model.train(was)
+    got = tuple(out.shape[1:]) if isinstance(out, Tensor) else type(out).__name__
+    if cfg.task == "classification":
+        if got != (split.num_classes,):
+            raise ConfigError(
+                f"config: {what} outputs {got} per image, but classification on "
+                f"{cfg.dataset} needs {split.num_classes} class scores (set the model's "
+                "output size, e.g. out_features or num_classes)"
+            )
+    elif got != shape:
+        raise ConfigError(
+            f"config: {what} outputs {got} per image, but denoising needs an image of the "
+            f"input's shape {shape} (use an autoencoder: dense_autoencoder, conv_autoencoder)"
+        )
+
+
+def _divergence(
+    cfg: TrainConfig, epoch: int, where: str, what: str, value: float
+) -> DivergenceError:
+    """A one-line :class:`DivergenceError` that names the epoch and the likely cause."""
+    hints = []
+    big = 1.0 if cfg.optimizer in ("linbreg", "sgd", "proxsgd") else 0.01
+    if cfg.lr > big:
+        hints.append(f"lr = {cfg.lr:g} is large for {cfg.optimizer}")
+    if cfg.optimizer in ("linbreg", "sgd") and cfg.momentum > 0.99:
+        hints.append(f"momentum = {cfg.momentum:g} is close to 1")
+    if cfg.task == "denoising" and cfg.noise_std > 10:
+        hints.append(f"noise_std = {cfg.noise_std:g} is huge for standardized images")
+    cause = "; ".join(hints) if hints else f"the learning rate (lr = {cfg.lr:g}) is too large"
+    return DivergenceError(
+        f"training diverged in epoch {epoch}{where}: the {what} is {value:.3g}; likely cause: "
+        f"{cause}. Stopped before saving: the last finite checkpoint is kept"
+    )
+
+
+def _threads(cfg: TrainConfig, model: nn.Module, device: torch.device) -> int | None:
+    """The thread count this run sets (None: leave torch's): ``cfg.threads``, or one thread
+    for small models on the CPU, whose speed-up from more threads is small and whose slowdown
+    on a busy machine (more threads than free cores) can be 100x."""
+    if cfg.threads > 0:
+        return cfg.threads
+    if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
+        return 1
+    return None
+
+
+def _prepare_run_dir(run_dir: pathlib.Path) -> None:
+    """Create ``run_dir/checkpoints``; a run directory of the wrong kind is one line."""
+    for p in (run_dir, *run_dir.parents):
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"run directory {run_dir}: {p} is a file, not a directory")
+    for name, want_dir in (("checkpoints", True), ("log.jsonl", False), ("config.json", False)):
+        p = run_dir / name
+        if p.exists() and p.is_dir() != want_dir:
+            kind = "a directory" if want_dir else "a file"
+            raise ConfigError(f"run directory {run_dir}: {p} must be {kind}")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
 @dataclass
@@ -120,15 +212,49 @@ def train(
             budget pass e.g. ``lambda m: (c := archdiscover.compile(m.eval(), x).report)
             .macs_after / c.macs_before`` (called on rank 0's model on every rank, so it
             must be deterministic). Its value is logged as ``measured``.
+
+    Raises:
+        ConfigError: a bad config, or a model that cannot run on the data / give what the
+            task needs, or a run directory of the wrong kind.
+        CheckpointError: another ``train`` holds the run directory; a checkpoint that is
+            unreadable, malformed, past the run's end, non-finite, or from another config.
+        DivergenceError: a training loss that is NaN / Inf or ``EXPLODED`` times the first
+            one, or non-finite weights after an epoch. The run stops before that epoch is
+            logged or saved, so the last checkpoint is the last finite state.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
+    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir):
+        raise ConfigError(f"config: the run directory must be a path, got {run_dir!r}")
     run_dir = pathlib.Path(run_dir)
     dd = init_distributed(cfg.device)
-    progress = progress and dd.main
+    lock = RunLock(run_dir)
     if dd.main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    barrier(dd)
+        _prepare_run_dir(run_dir)
+        lock.acquire()  # a second train on this directory stops here, with one line
+    threads = torch.get_num_threads()
+    try:
+        if dd.main:  # what killed writes left behind (no other writer: we hold the lock)
+            remove_temporaries(run_dir)
+            remove_temporaries(run_dir / "checkpoints")
+        barrier(dd)
+        return _train(cfg, run_dir, dd, resume, progress, stop_after, on_epoch, measure)
+    finally:
+        torch.set_num_threads(threads)
+        lock.release()
+
+
+def _train(
+    cfg: TrainConfig,
+    run_dir: pathlib.Path,
+    dd: Dist,
+    resume: bool,
+    progress: bool,
+    stop_after: int | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    measure: Callable[[nn.Module], float] | None,
+) -> RunResult:
+    progress = progress and dd.main
     device = _device(cfg.device)
     if dd.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dd.local_rank)
@@ -146,6 +272,10 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
+    n_threads = _threads(cfg, model, device)
+    if n_threads is not None:
+        torch.set_num_threads(n_threads)
+    _check_fits(model, cfg, split, xs[:2])
     opt = build_optimizer(model, cfg, xs[:2])
     count_units = unit_counter(model, cfg, xs[:2])
     if cfg.optimizer not in ("sgd", "adam"):
@@ -164,19 +294,23 @@ def train(
         raise CheckpointError(f"{run_dir} already holds a run; resume it or use a new directory")
     if existing:
         ck = load_checkpoint(existing[-1])  # every process reads it: a shared filesystem
-        if ck.get("config") != cfg.to_dict():
-            raise ConfigError(
-                f"{run_dir}: the config differs from the one the run was started with "
-                f"(see {run_dir / 'config.json'})"
-            )
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if lr_sched is not None:
-            lr_sched.load_state_dict(ck["lr_scheduler"])
-        if lam_sched is not None:
-            lam_sched.load_state_dict(ck["lam_scheduler"])
-        set_rng_state(ck["rng"], device)
-        start = int(ck["epoch"])
+        check_checkpoint(ck, existing[-1], cfg.epochs)
+        if ck["config"] != cfg.to_dict():
+            raise ConfigError(_config_differs(run_dir, ck["config"], cfg.to_dict()))
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if lr_sched is not None:
+                lr_sched.load_state_dict(ck["lr_scheduler"])
+            if lam_sched is not None:
+                lam_sched.load_state_dict(ck["lam_scheduler"])
+            set_rng_state(ck["rng"], device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(
+                f"checkpoint {existing[-1]} does not fit this run: {first}"
+            ) from None
+        start = ck["epoch"]
     elif dd.main:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         (run_dir / "log.jsonl").write_text("")
@@ -193,8 +327,11 @@ def train(
         nn.functional.mse_loss if denoise else nn.functional.cross_entropy
     )
     widths = {r.name: r.units for r in sparsity_report(model).layers if r.units is not None}
+    # the sparse start, logged with epoch 1 so that plots can draw the path from epoch 0
+    initial = None if start else _sparsity(model, count_units)
     last: dict[str, Any] = last_record(run_dir / "log.jsonl", start)
     n = len(xs)
+    first_loss: float | None = None
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -217,6 +354,11 @@ def train(
                 target = ys[idx]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(net(xb), target)
+            value = float(loss.detach())
+            if first_loss is None:
+                first_loss = value
+            if not math.isfinite(value) or value > EXPLODED * max(1.0, abs(first_loss)):
+                raise _divergence(cfg, epoch, f", batch {bi + 1}", "training loss", value)
             # DDP averages gradients over processes: weight each share by its size so the
             # result is the gradient of the mean loss over the global batch
             (loss * (len(idx) * dd.world / len(batch))).backward()
@@ -232,10 +374,16 @@ def train(
         if lr_sched is not None:
             lr_sched.step()
         record = _evaluate(model, xt, yt, noise_t if denoise else None, loss_fn, cfg)
+        if not math.isfinite(record["val_loss"]):
+            raise _divergence(cfg, epoch, "", "validation loss", record["val_loss"])
+        bad = next((n for n, t in model.state_dict().items() if t.is_floating_point()
+                    and not bool(torch.isfinite(t).all())), None)  # fmt: skip
+        if bad is not None:
+            raise _divergence(cfg, epoch, "", f"weight {bad!r}", float("nan"))
         if denoise:
             record["val_psnr"] = psnr_from_mse(record["val_loss"], peak)
-        rep = sparsity_report(model)
-        units = count_units(model) if count_units is not None else rep.active_units()
+        sparsity = _sparsity(model, count_units)
+        units = sparsity["active_units"]
         measured = None
         if measure is not None:
             measured = float(measure(model))
@@ -248,15 +396,14 @@ def train(
             "train_loss": float(total) / count,
             "samples": count,
             **record,
-            "density": rep.density,
-            "weight_density": rep.weight_density,
-            "active_units": units,
+            **sparsity,
             "widths": widths,
             "unit_density": sum(units.values()) / max(1, sum(widths.get(k, 0) for k in units)),
             "lam": lams[0] if lams else None,
             **({"measured": measured} if measured is not None else {}),
             "lr": float(opt.param_groups[0]["lr"]),
             "seconds": time.perf_counter() - t0,
+            **({"initial": initial} if initial is not None and epoch == 1 else {}),
         }
         last = record
         if on_epoch is not None:
@@ -293,6 +440,11 @@ def train(
         barrier(dd)
         if stop_after is not None and epoch >= stop_after:
             return RunResult(model, last, run_dir, start, opt, dd)
+    if not last and start:  # a finished run whose log lost its last line: measure it again
+        last = {"epoch": start, **_evaluate(model, xt, yt, noise_t if denoise else None,
+                                            loss_fn, cfg), **_sparsity(model)}  # fmt: skip
+        if denoise:
+            last["val_psnr"] = psnr_from_mse(last["val_loss"], peak)
     if not dd.main:
         return RunResult(model, last, run_dir, start, opt, dd)
     save_atomic(
@@ -307,6 +459,27 @@ def train(
         run_dir / "model.pt",
     )
     return RunResult(model, last, run_dir, start, opt, dd)
+
+
+def _sparsity(model: nn.Module, count_units: Callable[[nn.Module], dict] | None = None) -> dict:
+    """Density, weight density and active units (``count_units``: the recipe's own count,
+    e.g. active channel groups of a coupled regularizer; else non-zero rows per layer)."""
+    rep = sparsity_report(model)
+    return {
+        "density": rep.density,
+        "weight_density": rep.weight_density,
+        "active_units": count_units(model) if count_units is not None else rep.active_units(),
+    }
+
+
+def _config_differs(run_dir: pathlib.Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in keys[:6])
+    more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+    return (
+        f"{run_dir}: the config differs from the one the run was started with in {shown}{more} "
+        f"(see {run_dir / 'config.json'}); use the same config to resume, or a new run directory"
+    )
 
 
 def _plain_lam_state(sched: LamScheduler | None) -> dict[str, Any] | None:
@@ -343,12 +516,12 @@ def _evaluate(
 
 def load_trained(run_dir: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """The final model of a finished run (``run_dir/model.pt``) and its metadata."""
-    from .. import models
+    from . import resolve
 
     path = pathlib.Path(run_dir) / "model.pt"
     meta = load_checkpoint(path, kind="model file")
     try:
-        model = models.build(meta["model"], **meta["model_args"])
+        model = resolve.build(meta["model"], meta["model_args"])
         model.load_state_dict(meta["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"model file {path} does not fit its model: {e}") from None

@@ -83,18 +83,25 @@ class ChannelGroup:
         return tuple(dict.fromkeys(s.module for s in self.slices if s.role == "in"))
 
     def params(self, roles: Iterable[str] = ("out", "norm")) -> list[Slice]:
-        """The trainable-parameter slices with the given roles (buffers excluded)."""
+        """The slices with the given roles, normalization statistics excluded (the tensors
+        that are parameters of the model are the trainable ones)."""
         roles = tuple(roles)
-        return [s for s in self.slices if s.role in roles and s.param in ("weight", "bias")]
+        return [s for s in self.slices if s.role in roles and s.param not in _STATISTICS]
 
     def norm(self, model: nn.Module, roles: Iterable[str] = ("out", "norm")) -> float:
         """Euclidean norm of the group's parameter slices with the given roles."""
-        sq = sum(float(s.tensor(model).double().pow(2).sum()) for s in self.params(roles))
+        sq = sum(
+            float(s.tensor(model).double().pow(2).sum())
+            for s in self.params(roles)
+            if _is_param(model, s)
+        )
         return math.sqrt(sq)
 
     def is_zero(self, model: nn.Module, roles: Iterable[str] = ("out", "norm")) -> bool:
         """True when every parameter slice with the given roles is exactly zero."""
-        return all(not bool(s.tensor(model).any()) for s in self.params(roles))
+        return all(
+            not bool(s.tensor(model).any()) for s in self.params(roles) if _is_param(model, s)
+        )
 
     @torch.no_grad()
     def zero_(self, model: nn.Module, roles: Iterable[str] = ("out", "norm")) -> None:
@@ -104,8 +111,17 @@ class ChannelGroup:
         rows and biases and the BatchNorm scale and shift vanish.
         """
         for s in self.params(roles):
+            if not _is_param(model, s):
+                continue
             t = _get_tensor(model, s.module, s.param)
             t.index_fill_(s.dim, torch.as_tensor(s.index, device=t.device), 0.0)
+
+
+_STATISTICS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+
+
+def _is_param(model: nn.Module, s: Slice) -> bool:
+    return isinstance(_get_tensor(model, s.module, s.param), nn.Parameter)
 
 
 def _get_tensor(model: nn.Module, module: str, param: str) -> Tensor:
@@ -150,16 +166,20 @@ class InspectReport:
     """What can shrink and what cannot, with the reason.
 
     Attributes:
-        traceable: whether torch.fx could trace the model (``error`` says why not).
+        traceable: whether the model could be traced (``error`` says why not).
+        tracer: which tracer ran: ``"torch.fx"`` (symbolic tracing), or ``"torch.export"``
+            where fx failed (Python control flow on shapes, say).
         groups: number of removable coupled channel groups.
         layers: per producing layer, ``(removable channels, total channels)``.
         frozen: per reason, the number of channel groups it blocks.
-        unsupported: ``(node, operation, reason)`` for every operation the tracer could not
-            see through; channels touching them are never removed.
+        unsupported: ``(node, operation, reason)`` for every operation that blocks channels:
+            one that mixes them (a LayerNorm over the channels) or one the tracer cannot see
+            through; channels touching them are never removed.
     """
 
     traceable: bool
     error: str = ""
+    tracer: str = ""
     groups: int = 0
     layers: dict[str, tuple[int, int]] = field(default_factory=dict)
     frozen: dict[str, int] = field(default_factory=dict)
@@ -168,7 +188,7 @@ class InspectReport:
     def __str__(self) -> str:
         if not self.traceable:
             return f"not traceable: {self.error}"
-        lines = [f"{self.groups} removable coupled channel groups", ""]
+        lines = [f"{self.groups} removable coupled channel groups (traced with {self.tracer})", ""]
         w = max([len(n) for n in self.layers] + [5])
         lines.append(f"{'layer':<{w}}  removable / channels")
         for n, (a, b) in self.layers.items():
@@ -177,7 +197,7 @@ class InspectReport:
             lines += ["", "channels that cannot be removed:"]
             lines += [f"  {k}: {v} group(s)" for k, v in self.frozen.items()]
         if self.unsupported:
-            lines += ["", "operations the compiler cannot shrink through:"]
+            lines += ["", "operations that block channels (mix them, or unknown to the tracer):"]
             lines += [f"  {node}: {op}: {why}" for node, op, why in self.unsupported]
         return "\n".join(lines)
 
@@ -188,7 +208,7 @@ def inspect(model: nn.Module, example_inputs: Inputs) -> InspectReport:
         g = trace(model, example_inputs)
     except TraceError as e:
         return InspectReport(traceable=False, error=str(e))
-    report = InspectReport(traceable=True, unsupported=list(g.unsupported))
+    report = InspectReport(traceable=True, tracer=g.tracer, unsupported=list(g.unsupported))
     report.groups = len(groups_of(g))
     for mod in g.producer_modules():
         labs = g.out_labels(mod)

@@ -17,23 +17,31 @@ from torch import nn
 
 __all__ = [
     "ADD_TARGETS",
+    "ATTENTION_MODULES",
     "BINARY_FUNCTIONS",
     "BINARY_METHODS",
+    "BLOCKING_NORMS",
     "CAT_FUNCTIONS",
     "CONV",
     "CONV_TRANSPOSE",
+    "EVAL_IDENTITY_FUNCTIONS",
     "FLATTEN_FUNCTIONS",
+    "GROUP_NORM",
     "NORM",
+    "PAD_MODULES",
     "PER_CHANNEL_FUNCTIONS",
     "PER_CHANNEL_METHODS",
     "PER_CHANNEL_MODULES",
     "REDUCE_FUNCTIONS",
     "REDUCE_METHODS",
     "RESHAPE_METHODS",
+    "SPATIAL_FUNCTIONS",
+    "SPATIAL_MODULES",
     "WEIGHTED",
     "fan_in",
     "is_zero_padded",
     "producer_widths",
+    "qualified_name",
     "unit_axis",
 ]
 
@@ -73,12 +81,19 @@ PER_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
     nn.Hardsigmoid,
     nn.Softplus,
     nn.Softsign,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.Tanhshrink,
+    nn.Threshold,
+    nn.RReLU,
+    nn.LogSigmoid,
     nn.Identity,
     nn.Dropout,
     nn.Dropout1d,
     nn.Dropout2d,
     nn.Dropout3d,
     nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
     nn.MaxPool1d,
     nn.MaxPool2d,
     nn.MaxPool3d,
@@ -110,7 +125,18 @@ PER_CHANNEL_FUNCTIONS = {
     F.hardsigmoid,
     F.softplus,
     F.softsign,
+    F.hardshrink,
+    F.softshrink,
+    F.tanhshrink,
+    F.threshold,
+    F.rrelu,
+    F.relu_,
+    F.elu_,
+    F.leaky_relu_,
+    F.hardtanh_,
     F.dropout,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
     F.dropout1d,
     F.dropout2d,
     F.dropout3d,
@@ -136,6 +162,23 @@ PER_CHANNEL_FUNCTIONS = {
     torch.exp,
     torch.sqrt,
     torch.square,
+    torch.pow,
+    torch.erf,
+    torch.erfc,
+    torch.log,
+    torch.log1p,
+    torch.expm1,
+    torch.rsqrt,
+    torch.reciprocal,
+    torch.sin,
+    torch.cos,
+    torch.sign,
+    torch.clamp_min,
+    torch.clamp_max,
+    torch.clip,
+    torch.relu_,
+    torch.sigmoid_,
+    torch.tanh_,
     F.sigmoid,
     F.tanh,
 }
@@ -151,6 +194,29 @@ PER_CHANNEL_METHODS = {
     "exp",
     "sqrt",
     "square",
+    "pow",
+    "erf",
+    "erfc",
+    "log",
+    "log1p",
+    "expm1",
+    "rsqrt",
+    "reciprocal",
+    "sin",
+    "cos",
+    "sign",
+    "clamp_min",
+    "clamp_max",
+    "clip",
+    "sigmoid_",
+    "tanh_",
+    "exp_",
+    "sqrt_",
+    "abs_",
+    "neg_",
+    "erf_",
+    "pow_",
+    "hardtanh_",
     "contiguous",
     "clone",
     "detach",
@@ -159,6 +225,8 @@ PER_CHANNEL_METHODS = {
     "half",
     "to",
     "type_as",
+    "type",
+    "bfloat16",
 }
 #: elementwise binary ops and the kind of their channel algebra
 BINARY_FUNCTIONS = {
@@ -185,13 +253,65 @@ BINARY_METHODS = {
     "div": "div",
     "div_": "div",
 }
-REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
-REDUCE_METHODS = {"mean", "sum", "amax"}
+REDUCE_FUNCTIONS = {
+    torch.mean: "mean",
+    torch.sum: "sum",
+    torch.amax: "amax",
+    torch.amin: "amin",
+    torch.std: "std",
+    torch.var: "var",
+    torch.prod: "prod",
+    torch.logsumexp: "logsumexp",
+}
+REDUCE_METHODS = {"mean", "sum", "amax", "amin", "std", "var", "prod", "logsumexp"}
 FLATTEN_FUNCTIONS = {torch.flatten}
 RESHAPE_METHODS = {"flatten", "view", "reshape"}
 CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 #: residual additions (what the compiler may drop a zero branch of)
 ADD_TARGETS = {operator.add, operator.iadd, torch.add}
+
+#: modules among :data:`PER_CHANNEL_MODULES` that act on the trailing (spatial) dims: the
+#: channels must sit before those dims
+SPATIAL_MODULES: tuple[type[nn.Module], ...] = tuple(
+    t
+    for t in PER_CHANNEL_MODULES
+    if t.__name__.startswith(("MaxPool", "AvgPool", "Adaptive", "Upsampl"))
+)
+#: functions among :data:`PER_CHANNEL_FUNCTIONS` that act on the trailing (spatial) dims
+SPATIAL_FUNCTIONS = {
+    f
+    for f in PER_CHANNEL_FUNCTIONS
+    if f.__name__.startswith(("max_pool", "avg_pool", "adaptive_", "interpolate"))
+}
+#: padding modules (zero / constant padding breaks constant channels at the borders)
+PAD_MODULES: tuple[type[nn.Module], ...] = tuple(
+    getattr(nn, n)
+    for n in dir(nn)
+    if n.endswith(("Pad1d", "Pad2d", "Pad3d")) and isinstance(getattr(nn, n), type)
+)
+#: normalizations over trailing dims (they mix channels when the channels are among them)
+BLOCKING_NORMS: tuple[type[nn.Module], ...] = tuple(
+    t for t in (getattr(nn, "LayerNorm", None), getattr(nn, "RMSNorm", None)) if t is not None
+)
+GROUP_NORM: tuple[type[nn.Module], ...] = (nn.GroupNorm,)
+#: attention modules the tracer sees into (heads)
+ATTENTION_MODULES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+#: functions of other libraries that are the identity in eval mode, by qualified name, and
+#: the name of their ``training`` argument (stochastic depth, drop path, drop block)
+EVAL_IDENTITY_FUNCTIONS: dict[str, str] = {
+    "torchvision.ops.stochastic_depth.stochastic_depth": "training",
+    "torchvision.ops.drop_block.drop_block2d": "training",
+    "torchvision.ops.drop_block.drop_block3d": "training",
+    "timm.layers.drop.drop_path": "training",
+    "timm.layers.drop.drop_block_2d": "training",
+    "timm.layers.drop.drop_block_fast_2d": "training",
+    "timm.models.layers.drop.drop_path": "training",
+}
+
+
+def qualified_name(fn: object) -> str:
+    """``module.qualname`` of a function (what :data:`EVAL_IDENTITY_FUNCTIONS` is keyed by)."""
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def unit_axis(module: nn.Module) -> int | None:
@@ -225,11 +345,14 @@ def is_zero_padded(m: nn.Module) -> bool:
 
 
 def producer_widths(model: nn.Module) -> dict[str, int]:
-    """Output width of every Conv / ConvTranspose / Linear module, by name."""
+    """Output width of every Conv / ConvTranspose / Linear module, by name (for
+    ``nn.MultiheadAttention``: its input projection's rows, ``3 * num_heads * head_dim``)."""
     out: dict[str, int] = {}
     for n, m in model.named_modules():
         if isinstance(m, (*CONV, *CONV_TRANSPOSE)):
             out[n] = m.out_channels
         elif isinstance(m, nn.Linear):
             out[n] = m.out_features
+        elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            out[n] = int(m.in_proj_weight.shape[0])
     return out

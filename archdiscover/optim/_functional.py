@@ -21,8 +21,9 @@ measured slower than ``"foreach"`` there) when a compiler is found; AdaBreg is c
 and CUDA. A failed compilation falls back to ``"foreach"`` with one warning (``"compiled"``
 asked for explicitly raises instead).
 
-Low-precision parameters (bfloat16, float16) are updated in float32 inside the compiled
-kernels and keep their scalars (``beta2 = 0.999`` would round to 1 in bfloat16) in float32.
+Low-precision parameters (bfloat16, float16) are updated in float32 (inside the compiled
+kernels, and on float32 copies for AdaBreg's eager paths: float16 cannot hold Adam's
+``eps``), with their scalars (``beta2 = 0.999`` would round to 1 in bfloat16) in float32.
 """
 
 from __future__ import annotations
@@ -139,9 +140,13 @@ def _scalar_dtype(params: list[Tensor]) -> torch.dtype:
     return torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
 
 
+def _low(t: Tensor) -> bool:
+    return t.dtype in (torch.bfloat16, torch.float16)
+
+
 def _acc(t: Tensor) -> Tensor:
     """``t`` in at least float32 (the arithmetic type of low-precision parameters)."""
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+    return t.float() if _low(t) else t
 
 
 class CompiledKernel:
@@ -541,6 +546,16 @@ def adabreg_update(
     r"""One AdaBreg step of one param group (Adam's moments, ``v`` and the prox) on the
     implementation ``hp["impl"]`` picks; compiled work is added to ``batch``."""
     impl, reg, delta = hp["impl"], hp["reg"], hp["delta"]
+    if impl in ("single", "foreach") and any(_low(p) for p in params):
+        # float16 cannot hold Adam's eps (1e-8 is 0 there) nor small second moments: do the
+        # step in float32 on copies, as the compiled kernel does, and write the results back
+        up = [[_acc(t) for t in xs] for xs in (params, grads, vs, ms, ss)]
+        _adabreg_eager(*up, step_sizes, bc2_sqrts, hp, foreach=impl == "foreach")
+        for xs, ys in zip((params, vs, ms, ss), (up[0], up[2], up[3], up[4]), strict=True):
+            for x, y in zip(xs, ys, strict=True):
+                if x is not y:
+                    x.copy_(y)
+        return
     if impl == "single":
         _adabreg_eager(params, grads, vs, ms, ss, step_sizes, bc2_sqrts, hp, foreach=False)
         return

@@ -19,6 +19,7 @@ import archdiscover as ad
 from archdiscover.engine import RunResult, TrainConfig, load_split, train
 from archdiscover.export import export_onnx
 from archdiscover.latency import compare_latency
+from archdiscover.plots import epoch_axis, log_axis, series_styles
 
 
 def sd(xs: Sequence[float]) -> float:
@@ -148,19 +149,31 @@ def latency_summary(lat: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str,
     }
 
 
+def from_start(log: Sequence[Mapping[str, Any]], key: str, scale: float = 1.0) -> list[float]:
+    """``scale * record[key]`` per epoch from epoch 0: the sparse start (the ``initial`` entry
+    the engine logs with epoch 1), then every epoch."""
+    first = log[0].get("initial", {}) if log else {}
+    head = [scale * first[key]] if key in first else []
+    return head + [scale * r[key] for r in log]
+
+
 def plot_density_per_epoch(
     curves: Mapping[str, Sequence[float]],
     path: pathlib.Path,
     title: str,
     dashed: Any = lambda name: False,
 ) -> pathlib.Path:
-    """Non-zero weights (%) against the epoch, one line per run (``dashed(name)``: dashed)."""
+    """Non-zero weights (%) against the epoch (from 0, the sparse start, when the curves hold
+    it: see :func:`from_start`), one line per run (``dashed(name)``: dashed). Coinciding
+    curves (several runs at 100%) stay visible: each has its own marker positions."""
     fig = Figure(figsize=(8, 5), dpi=120)
     ax = fig.add_subplot()
-    for name, ys in curves.items():
-        ax.plot(range(1, len(ys) + 1), ys, label=name, ls="--" if dashed(name) else "-")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
+    styles = series_styles(len(curves))
+    for (name, ys), style in zip(curves.items(), styles, strict=True):
+        style = {**style, "ls": "--" if dashed(name) else "-"}
+        ax.plot(range(len(ys)), ys, label=name, **style)
+    log_axis(ax, "y")
+    epoch_axis(ax)
     ax.set_ylabel("non-zero weights (%, log scale)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)

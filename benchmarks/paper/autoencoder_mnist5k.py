@@ -33,6 +33,7 @@ import pathlib
 import sys
 import tempfile
 import time
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -44,6 +45,7 @@ from _common import add_data_args, data_keys, train_run
 import archdiscover as ad
 from archdiscover.engine import TrainConfig, load_split
 from archdiscover.metrics import psnr, ssim
+from archdiscover.plots import epoch_axis, layer_growth
 
 NOISE_PIXEL_STD = 0.05  # of the pixel range [0, 1], as in the paper
 
@@ -161,7 +163,11 @@ def run(
                 "onnx_max_abs_error": onnx_err,
             }
             growth[kind] = {
-                layer: [r["active_units"][layer] for r in log] for layer in log[-1]["active_units"]
+                "widths": log[-1]["widths"],
+                "active": {
+                    layer: [r["active_units"][layer] for r in [log[0]["initial"], *log]]
+                    for layer in log[-1]["active_units"]
+                },
             }
             for name, extra in s["baselines"].items():
                 bcfg = {**base, **s["supernet"], **extra}
@@ -246,17 +252,15 @@ def plot_widths(results: dict[str, dict], path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def plot_growth(growth: dict[str, dict[str, list[int]]], path: pathlib.Path) -> pathlib.Path:
-    fig = Figure(figsize=(10, 4.5), dpi=120)
-    for k, (kind, layers) in enumerate(growth.items()):
+def plot_growth(growth: dict[str, dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
+    fig = Figure(figsize=(12, 4.5), dpi=120)
+    for k, (kind, g) in enumerate(growth.items()):
         ax = fig.add_subplot(1, len(growth), k + 1)
-        for name, ys in layers.items():
-            ax.plot(range(1, len(ys) + 1), ys, marker=".", label=name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("active units / channels (non-zero rows)")
+        epochs = list(range(len(next(iter(g["active"].values())))))
+        layer_growth(ax, epochs, g["active"], g["widths"])  # epoch 0: the sparse start
+        epoch_axis(ax, epochs)
         ax.set_title(f"{kind} autoencoder: widths per epoch")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path)
     return path

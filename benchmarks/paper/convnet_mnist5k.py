@@ -33,6 +33,7 @@ from _common import (
     add_data_args,
     compile_and_time,
     data_keys,
+    from_start,
     plot_density_per_epoch,
     train_accuracy,
     train_run,
@@ -92,9 +93,9 @@ def run(epochs: int, seed: int, quick: bool, out: pathlib.Path, data: dict | Non
                 "config": {k: v for k, v in cfg.items() if k not in base},
             }
             tables[table][name] = row
-            curves[f"{'L1' if table == 'table1_l1' else 'group'}: {name}"] = [
-                100 * r["weight_density"] for r in log
-            ]
+            curves[f"{'L1' if table == 'table1_l1' else 'group'}: {name}"] = from_start(
+                log, "weight_density", 100
+            )
             bregman = cfg["optimizer"] in ("linbreg", "adabreg")
             if table == "table2_group" and bregman:
                 if best is None or row["test_accuracy"] > best[1]["test_accuracy"]:

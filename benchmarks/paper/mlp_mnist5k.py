@@ -24,7 +24,14 @@ import tempfile
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import add_data_args, data_keys, plot_density_per_epoch, sd, train_run
+from _common import (
+    add_data_args,
+    data_keys,
+    from_start,
+    plot_density_per_epoch,
+    sd,
+    train_run,
+)
 
 MLP = {"in_features": 784, "widths": [200, 80], "out_features": 10}
 BASE = dict(model="mlp", model_args=MLP, dataset="mnist5k", batch_size=64, impl="auto")
@@ -67,7 +74,7 @@ def run(
                 secs.append(seconds)
                 accs.append(log[-1]["val_accuracy"])
                 dens.append(100 * log[-1]["weight_density"])
-                per_epoch.append([100 * r["weight_density"] for r in log])
+                per_epoch.append(from_start(log, "weight_density", 100))
             results[name] = {
                 "test_accuracy_mean": statistics.mean(accs),
                 "test_accuracy_std": sd(accs),
