@@ -63,7 +63,14 @@ QUICK_L1 = ("Adam (dense)", "LinBreg")
 QUICK_GROUP = ("LinBreg",)
 
 
-def run(epochs: int, seed: int, quick: bool, out: pathlib.Path, data: dict | None = None) -> dict:
+def run(
+    epochs: int,
+    seed: int,
+    quick: bool,
+    out: pathlib.Path,
+    data: dict | None = None,
+    which: tuple[int, ...] = (1, 2),
+) -> dict:
     base = {**BASE, **(data or {})}
     tables: dict[str, dict[str, dict]] = {"table1_l1": {}, "table2_group": {}}
     curves: dict[str, list[float]] = {}
@@ -74,9 +81,11 @@ def run(epochs: int, seed: int, quick: bool, out: pathlib.Path, data: dict | Non
         plan = [
             ("table1_l1", name, {"regularizer": "l1", "init_density": 0.01, **L1_RUNS[name]})
             for name in (QUICK_L1 if quick else L1_RUNS)
+            if 1 in which
         ] + [
             ("table2_group", name, {**GROUP, **GROUP_RUNS[name]})
             for name in (QUICK_GROUP if quick else GROUP_RUNS)
+            if 2 in which
         ]
         for table, name, extra in plan:
             cfg = {**base, **extra, "epochs": epochs, "seed": seed}
@@ -140,9 +149,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
+    ap.add_argument(
+        "--tables", type=int, nargs="+", choices=(1, 2), default=[1, 2], help="which tables"
+    )
     add_data_args(ap)
     args = ap.parse_args(argv)
-    result = run(1 if args.quick else args.epochs, args.seed, args.quick, args.out, data_keys(args))
+    result = run(
+        1 if args.quick else args.epochs,
+        args.seed,
+        args.quick,
+        args.out,
+        data_keys(args),
+        tuple(args.tables),
+    )
     print(json.dumps(result, indent=2))
     return result
 

@@ -199,9 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: {results[name]['psnr']:.2f} dB", file=sys.stderr, flush=True)
         return m
 
-    dense_run("dense", **arch)
-
-    # discovery: the default recipe
+    # discovery: the default recipe (first: its widths per epoch show at once)
     torch.manual_seed(args.seed)
     sup = models.build("dncnn", **arch)
     pg = coupled_param_groups(sup, example, lam=args.lam)
@@ -218,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.batch,
         args.seed,
         "discover",
-        on_epoch=lambda e: growth.append(dict(active_channels(sup, groups))),
+        on_epoch=lambda e: _grew(growth, active_channels(sup, groups), layers),
     )
     supernet_psnr = test_psnr(sup, clean_t, noisy_t)
     c = ad.compile(sup.eval(), example)
@@ -236,6 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     print(f"discovered: {results['discovered']['psnr']:.2f} dB {widths}", file=sys.stderr)
 
+    dense_run("dense", **arch)
     u = uniform_width(args.depth, results["discovered"]["flops"], example, args.width)
     dense_run("uniform", depth=args.depth, width=u)
     dense_run("discovered_retrained", depth=args.depth, widths=widths)
@@ -294,6 +293,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _grew(growth: list[dict[str, int]], active: dict[str, int], layers: list[str]) -> None:
+    """Record one epoch's active channels and show them (progress of the discovery)."""
+    growth.append(dict(active))
+    print(f"discover epoch {len(growth) - 1}: {[active[n] for n in layers]}", file=sys.stderr)
+
+
 def plot_discovery(
     growth: list[dict[str, int]],
     layers: list[str],
@@ -345,14 +350,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="a 4-layer x 8 net, tiny data: seconds")
     ap.add_argument("--depth", type=int, default=17)
     ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--patches", type=int, default=1024, help="training patches per epoch")
-    ap.add_argument("--patch-size", type=int, default=40)
+    ap.add_argument("--patch-size", type=int, default=24)
     ap.add_argument("--test-size", type=int, default=256, help="centre crop of each test image")
     ap.add_argument("--train-images", type=int, default=len(TRAIN_IMAGES))
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lam", type=float, default=0.03)
+    ap.add_argument("--lam", type=float, default=0.015)
     ap.add_argument("--density", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))

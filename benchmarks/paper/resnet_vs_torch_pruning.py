@@ -439,8 +439,8 @@ def plot_summary(results: dict[str, dict], path: pathlib.Path, batch_sizes) -> p
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="ResNet-20 x1 on digits, 2 epochs")
-    ap.add_argument("--width", type=float, default=2.0)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--init-density", type=float, default=0.05)
     ap.add_argument("--lam", type=float, default=0.2)
     ap.add_argument("--ablation-seeds", type=int, default=3)
