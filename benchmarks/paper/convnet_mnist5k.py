@@ -55,8 +55,8 @@ GROUP_RUNS: dict[str, dict] = {
     "GLasso, ProxSGD": dict(
         optimizer="proxsgd", lr=0.05, lam=1e-3, init_density=1.0, bias_init="keep"
     ),
-    "LinBreg": dict(optimizer="linbreg", lr=0.07, momentum=0.0, lam=0.04),
-    "LinBreg b=0.9": dict(optimizer="linbreg", lr=0.07, momentum=0.9, dampening=0.9, lam=0.2),
+    "LinBreg": dict(optimizer="linbreg", lr=0.07, momentum=0.0, lam=0.01),
+    "LinBreg b=0.9": dict(optimizer="linbreg", lr=0.07, momentum=0.9, dampening=0.9, lam=0.01),
     "AdaBreg": dict(optimizer="adabreg", lr=1e-3, lam=0.04),
 }
 QUICK_L1 = ("Adam (dense)", "LinBreg")
