@@ -58,8 +58,10 @@ def config(quick: bool, conv: bool, layers: int, epochs: int | None) -> TrainCon
         optimizer="adabreg",
         lr=1e-3,
         regularizer="coupled",
-        lam=0.07,
-        init_density=0.01,
+        # two quick epochs of a 128-wide net: a lower threshold, and 5 start units a layer
+        # (one start unit whose weight is negative would cut the only path to the output)
+        lam=0.07 if not quick else 0.02,
+        init_density=0.01 if not quick else 0.04,
         epochs=epochs or (2 if quick else 20),
         batch_size=64,
     )
@@ -83,11 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
     from archdiscover.plots import read_log
 
     log = read_log(args.out / "log.jsonl")
-    print("active units per epoch (the shape growing):")
-    for r in log:
-        print(f"  epoch {r['epoch']:3d}: {list(r['active_units'].values())}")
+    per_epoch = [list(log[0]["initial"]["active_units"].values())]
+    per_epoch += [list(r["active_units"].values()) for r in log]
+    print("active units per epoch (epoch 0: the sparse start; the shape growing):")
+    for epoch, units in enumerate(per_epoch):
+        print(f"  epoch {epoch:3d}: {units}")
     result = {
-        "widths_per_epoch": [list(r["active_units"].values()) for r in log],
+        "widths_per_epoch": per_epoch,
         "test_psnr_db": round(run.last["val_psnr"], 2),
         "supernet_widths": {n: w for n, (w, _) in compiled.report.layers.items()},
         "discovered_widths": widths,

@@ -92,6 +92,9 @@ def test_discover_autoencoder_quick(tmp_path, conv):
     assert result["params"][1] < result["params"][0]
     widths, full = result["discovered_widths"], result["supernet_widths"]
     assert all(0 < widths[n] <= full[n] for n in full)
+    # the shape is discovered: units enter after the sparse start (epoch 0)
+    per_epoch = result["widths_per_epoch"]
+    assert len(per_epoch) == 3 and sum(per_epoch[-1]) > sum(per_epoch[0])
     assert (tmp_path / "run" / "model.onnx").is_file()
 
 
