@@ -147,6 +147,8 @@ def run(
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = pathlib.Path(tmp_s)
         for kind, s in settings(quick).items():
+            if kind not in epochs:  # --supernets
+                continue
             base["epochs"] = epochs[kind]
             rows: dict[str, dict] = {}
             cfg = {**base, **s["supernet"], **s["discover"]}
@@ -271,6 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small supernets, 1 epoch")
     ap.add_argument("--epochs", type=int, default=60, help="fully connected supernet")
     ap.add_argument("--conv-epochs", type=int, default=20, help="conv supernet")
+    ap.add_argument(
+        "--supernets", nargs="+", choices=("dense", "conv"), default=["dense", "conv"]
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
     add_data_args(ap)
@@ -278,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
     epochs = {"dense": args.epochs, "conv": args.conv_epochs}
     if args.quick:
         epochs = {"dense": 1, "conv": 1}
+    epochs = {k: v for k, v in epochs.items() if k in args.supernets}
     result = run(epochs, args.seed, args.quick, args.out, data_keys(args))
     print(json.dumps(result, indent=2))
     return result
