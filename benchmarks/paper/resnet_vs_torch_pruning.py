@@ -23,7 +23,8 @@ Both compact models and the dense network are exported to ONNX and timed in onnx
 fractions, latency and speed-up. The archdiscover model is also compiled with
 ``round_to="auto"`` (widths rounded up to the multiple that runs fastest here).
 
-    python benchmarks/paper/resnet_vs_torch_pruning.py [--width 2] [--epochs 8]
+    python benchmarks/paper/resnet_vs_torch_pruning.py            # x1, 6 epochs (RESULTS.md)
+    python benchmarks/paper/resnet_vs_torch_pruning.py --width 4 --epochs 8  # the x4 network
     python benchmarks/paper/resnet_vs_torch_pruning.py --quick     # seconds: checks the script
     python benchmarks/paper/resnet_vs_torch_pruning.py --dataset cifar10 --data-dir DIR
 """
