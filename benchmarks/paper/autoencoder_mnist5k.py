@@ -273,9 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small supernets, 1 epoch")
     ap.add_argument("--epochs", type=int, default=60, help="fully connected supernet")
     ap.add_argument("--conv-epochs", type=int, default=20, help="conv supernet")
-    ap.add_argument(
-        "--supernets", nargs="+", choices=("dense", "conv"), default=["dense", "conv"]
-    )
+    ap.add_argument("--supernets", nargs="+", choices=("dense", "conv"), default=["dense", "conv"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
     add_data_args(ap)
