@@ -14,7 +14,9 @@ exporter's onnx and onnxruntime, and the plots' matplotlib load when first used.
 * :mod:`archdiscover.init` -- ``sparse_init_``; :mod:`archdiscover.schedule` -- ``LamScheduler``;
 * :mod:`archdiscover.sparsity` -- who is zero; :mod:`archdiscover.metrics` -- PSNR, SSIM;
 * :mod:`archdiscover.graph` -- ``channel_groups``, ``inspect``;
-  :mod:`archdiscover.coupling` -- ``coupled_param_groups``;
+  :mod:`archdiscover.coupling` -- ``coupled_param_groups``, ``active_channels``;
+* :mod:`archdiscover.growth` -- ``enable_growth``: ReLU's subgradient 1 at 0 in training,
+  so that units a sparse start switched off can enter (``sparse_init_`` installs it);
 * :mod:`archdiscover.compiler` -- ``compile``, ``Compiled``, ``load_compiled``;
 * :mod:`archdiscover.export` -- ``export_onnx``, ``onnx_latency``;
 * :mod:`archdiscover.engine` -- ``TrainConfig``, ``train``; :mod:`archdiscover.models` -- the
@@ -43,9 +45,12 @@ __all__ = [
     "Slice",
     "SparsityReport",
     "TrainConfig",
+    "active_channels",
     "channel_groups",
     "compile",
     "coupled_param_groups",
+    "disable_growth",
+    "enable_growth",
     "export_onnx",
     "inspect",
     "load_compiled",
@@ -76,6 +81,9 @@ __getattr__, __dir__ = lazy(
         "channel_groups": ".graph.groups",
         "inspect": ".graph.groups",
         "coupled_param_groups": ".coupling",
+        "active_channels": ".coupling",
+        "enable_growth": ".growth",
+        "disable_growth": ".growth",
         "CompileError": ".compiler.errors",
         "CompileReport": ".compiler.pipeline",
         "Compiled": ".compiler.pipeline",

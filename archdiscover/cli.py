@@ -270,8 +270,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         optimizer="linbreg",
         lr=0.1,
         momentum=0.9,
-        regularizer="coupled_weights",
-        lam=0.5,
+        regularizer="coupled",
+        lam=1.0,
         init_density=0.05,
         epochs=15 if not args.quick else 4,
         batch_size=64,
@@ -280,7 +280,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     assert run_dir is not None
     print(
         f"training a {cfg.model_args['widths']} MLP supernet on the MNIST 5k subset "
-        f"(LinBreg, row sparsity, 5% of the neurons at the start) into {run_dir}"
+        f"(LinBreg, neuron groups, 5% of each layer's neurons at the start) into {run_dir}"
     )
     result = train(
         cfg,

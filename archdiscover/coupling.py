@@ -16,10 +16,11 @@ import numpy as np
 from torch import nn
 
 from ._inputs import Inputs
-from .graph.groups import ChannelGroup, channel_groups
+from .graph import ops
+from .graph.groups import ChannelGroup, Slice, channel_groups
 from .regularizers import CoupledGroupL12, Null, Regularizer
 
-__all__ = ["coupled_param_groups"]
+__all__ = ["active_channels", "coupled_param_groups"]
 
 
 def coupled_param_groups(
@@ -28,44 +29,61 @@ def coupled_param_groups(
     lam: float,
     *,
     groups: Sequence[ChannelGroup] | None = None,
-    roles: Sequence[str] = ("out", "norm"),
+    roles: str | Sequence[str] = "auto",
     params: Sequence[str] = ("weight", "bias"),
     others: Regularizer | None = None,
 ) -> list[dict[str, Any]]:
-    """Optimizer param groups whose regularizer acts on whole coupled channel groups.
+    r"""Optimizer param groups whose regularizer acts on whole coupled channel groups.
 
-    The first param group holds every parameter with a slice in a removable coupled group
-    (by default the producing rows and biases and the per-channel BatchNorm / depthwise
-    parameters, ``roles=("out", "norm")``) under one
-    :class:`~archdiscover.regularizers.CoupledGroupL12` of strength ``lam``: one prox zeros
-    a channel's conv filter, bias, BatchNorm scale and shift together (and, across residual
-    additions, every producer of that stream channel), which makes its output exactly zero
-    so that :func:`archdiscover.compile` removes it. The second holds all other parameters
-    with ``others`` (default :class:`~archdiscover.regularizers.Null`).
+    The first param group (``"name": "coupled"``) holds every parameter with a regularized
+    slice under one :class:`~archdiscover.regularizers.CoupledGroupL12` of strength ``lam``,
+    ``J = lam * sum_g sqrt(|g|) ||x_g||_2``; the second (``"other"``) holds all other
+    parameters with ``others`` (default :class:`~archdiscover.regularizers.Null`).
 
-    Growth versus pruning: a channel whose *whole* group is zero, bias and BatchNorm shift
-    included, feeds exactly 0 into its ReLU, and ``relu'(0) = 0`` in PyTorch, so it gets no
-    gradient and the inverse scale space can never add it back: with the default roles,
-    start from the channels you are willing to keep (a denser ``sparse_init_``). To let
-    Bregman iterations *add* channels from a very sparse start, regularize the filters
-    only (``roles=("out",), params=("weight",)``) and keep biases non-zero
-    (``sparse_init_(..., bias="keep")``): a dead channel then outputs a constant,
-    which ``compile`` folds into the next layer where that is exact.
+    Which slices of a coupled group are regularized (``roles``):
+
+    * ``"auto"`` (default): where the group passes a BatchNorm (or an affine InstanceNorm),
+      the **scale and shift** of every such norm in the group (across residual additions:
+      every block's norm on that stream channel), and nothing else; the conv filters stay
+      dense and unregularized. A group with zero scale and shift outputs exactly 0 (so
+      :func:`archdiscover.compile` removes it), and its filters keep their values, so the
+      normalized conv output it would pass on is never degenerate. Where a group has no
+      such norm: the producers' rows (filters, neurons) and biases, and any other
+      per-channel parameters (depthwise filters, PReLU slopes), as in the paper's row
+      sparsity.
+    * a subset of ``("out", "norm", "in")``: exactly those slices of every group (e.g.
+      ``("out", "norm")``: filter, bias, scale and shift together).
+
+    This is a Bregman recipe: with :func:`archdiscover.sparse_init_` (``reg=`` the
+    optimizer) only a few groups per layer start non-zero and the rest exactly zero; with
+    its growth hooks (``grow=True``, :mod:`archdiscover.growth`: ReLU takes the
+    subgradient 1 at exactly 0 in training), a switched-off channel still sees its
+    gradient, its ``v_g`` accumulates the evidence and the channel enters when
+    ``||v_g|| > delta * lam * sqrt(|g|)``: larger ``lam``, later and fewer channels. A
+    channel whose ``v_g`` falls back under the threshold leaves.
 
     Example:
-        >>> pg = coupled_param_groups(model, torch.randn(1, 3, 32, 32), lam=0.05)
+        >>> pg = coupled_param_groups(model, torch.randn(1, 3, 32, 32), lam=0.1)
         >>> opt = archdiscover.LinBreg(pg, lr=0.1, momentum=0.9)
-        >>> archdiscover.sparse_init_(model, 0.1, reg=opt)  # 10% of the channels alive
+        >>> archdiscover.sparse_init_(model, 0.05, reg=opt)  # 5% of each layer's channels
     """
-    roles = tuple(roles)
-    if not set(roles) <= {"out", "norm", "in"} or not roles:
-        raise ValueError(f"roles must be a non-empty subset of ('out', 'norm', 'in'), got {roles}")
+    auto = isinstance(roles, str)
+    if auto and roles != "auto":
+        raise ValueError(
+            f"roles must be 'auto' or a subset of ('out', 'norm', 'in'), got {roles!r}"
+        )
+    if not auto:
+        roles = tuple(roles)
+        if not set(roles) <= {"out", "norm", "in"} or not roles:
+            raise ValueError(
+                f"roles must be 'auto' or a non-empty subset of ('out', 'norm', 'in'), got {roles}"
+            )
     if groups is None:
         groups = channel_groups(model, example_inputs)
     index: dict[int, tuple[int, np.ndarray]] = {}  # id(param) -> (dim, ids)
     tensors: dict[int, nn.Parameter] = {}
     for gid, grp in enumerate(groups):
-        for s in grp.params(roles):
+        for s in _regularized_slices(model, grp, roles if not auto else None):
             if ("bias" if s.param.endswith("bias") else "weight") not in params:
                 continue  # e.g. in_proj_weight / in_proj_bias of attention, a layer scale
             p = getattr(model.get_submodule(s.module), s.param)
@@ -93,3 +111,58 @@ def coupled_param_groups(
             {"params": rest, "reg": others if others is not None else Null(), "name": "other"}
         )
     return out
+
+
+def _is_affine_norm(model: nn.Module, name: str) -> bool:
+    m = model.get_submodule(name)
+    return isinstance(m, ops.NORM) and isinstance(getattr(m, "weight", None), nn.Parameter)
+
+
+def _regularized_slices(
+    model: nn.Module, grp: ChannelGroup, roles: tuple[str, ...] | None
+) -> list[Slice]:
+    """The slices of ``grp`` a coupled regularizer acts on (``roles=None``: ``"auto"``)."""
+    if roles is not None:
+        return grp.params(roles)
+    norms = [s for s in grp.params(("norm",)) if _is_affine_norm(model, s.module)]
+    return norms if norms else grp.params(("out", "norm"))
+
+
+def active_channels(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    roles: str | Sequence[str] = "auto",
+    params: Sequence[str] = ("weight", "bias"),
+) -> dict[str, int]:
+    """Per producing layer (Conv / ConvTranspose / Linear), how many of its output channels
+    are *active*: their coupled group has a non-zero slice among those
+    :func:`coupled_param_groups` regularizes with ``roles`` and ``params``.
+
+    With the default recipe an inactive channel outputs exactly zero (zero BatchNorm scale
+    and shift, or zero row and bias), so these are the widths :func:`archdiscover.compile`
+    keeps. A layer's channels that are in no removable group (e.g. the model's output) count
+    as active. Example: ``active_channels(model, archdiscover.channel_groups(model, x))``.
+    """
+    auto = isinstance(roles, str)
+    counts: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (*ops.CONV, *ops.CONV_TRANSPOSE)):
+            counts[name] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            counts[name] = m.out_features
+    for grp in groups:
+        slices = [
+            s
+            for s in _regularized_slices(model, grp, None if auto else tuple(roles))
+            if s.param in params
+        ]
+        if slices and not any(bool(s.tensor(model).any()) for s in slices):
+            for prod in grp.producers:
+                n = sum(
+                    len(s.index)
+                    for s in grp.slices
+                    if s.module == prod and s.role == "out" and s.param == "weight"
+                )
+                if prod in counts:
+                    counts[prod] -= n
+    return counts

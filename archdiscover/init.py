@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .graph import ops
+from .growth import enable_growth
 from .regularizers import L1, Regularizer
 
 __all__ = ["BIAS_INITS", "sparse_init_"]
@@ -31,16 +32,29 @@ def sparse_init_(
     nonlinearity: str = "relu",
     bias: str = "zero",
     generator: torch.Generator | None = None,
+    grow: bool = True,
 ) -> nn.Module:
     r"""Re-initialize the weights of ``model``'s Linear/Conv/ConvTranspose layers sparsely.
 
-    Each weight ``W`` (fan-in ``n``) becomes ``M * N(0, gain^2 / (n * density))``, where the
+    Each weight ``W`` (fan-in ``n``) becomes ``M * N(0, gain^2 / (n * k))``, where the
     mask ``M`` keeps ``max(1, round(density * n_groups))`` random groups of the regularizer
     that acts on ``W``: single entries for :class:`~archdiscover.regularizers.L1`, rows /
-    channels / kernels for :class:`~archdiscover.regularizers.GroupL12`. A weight whose
+    channels / kernels for :class:`~archdiscover.regularizers.GroupL12`, and ``k`` is the
+    kept fraction of a unit's inputs: the kept fraction of ``W`` for entries and kernels (a
+    kept unit sums ``k * n`` terms, as in the paper), 1 for masks of whole rows or channels
+    (a kept unit sees all its inputs: scaling it by ``1 / density`` would blow its output
+    up by ``density ** -0.5``, which made LinBreg diverge in narrow MLPs). A weight whose
     regularizer is :class:`~archdiscover.regularizers.Null` gets the dense Kaiming init
     (density 1); a weight not covered at all (a mapping without its name, an optimizer
     without it) is left untouched.
+
+    Coupled channel groups (a :class:`~archdiscover.regularizers.CoupledGroupL12` param
+    group, from :func:`archdiscover.coupled_param_groups`) are drawn *per layer*: the groups
+    that live in the same tensors (one conv's channels, one residual stream's channels
+    across its blocks) form a layer, and each layer keeps ``max(1, round(density * n))`` of
+    its ``n`` groups, so every layer starts with at least one channel and with the density
+    asked. In the other groups every regularized slice (BatchNorm scale and shift, or rows
+    and biases) is set exactly to zero; unregularized filters get the dense Kaiming init.
 
     Args:
         model: the network; modified in place and returned.
@@ -53,11 +67,17 @@ def sparse_init_(
         bias: the biases of the re-initialized layers: ``"zero"``; ``"keep"`` (as they are,
             e.g. torch's default ``U(-1/sqrt(n), 1/sqrt(n))``); or ``"positive"``,
             ``U(0, 1/sqrt(n))`` as in the paper's code. With zero weights *and* zero biases
-            a unit's pre-activation is 0 and, behind a ReLU (``relu'(0) = 0``), its weights
-            get no gradient: a unit absent at the start can then never enter. A positive
-            bias keeps every unit's output ``relu(b) > 0`` alive, so its weights see a
-            gradient and the inverse scale space can add it.
+            a unit's pre-activation is exactly 0; with ``grow=True`` it still receives its
+            gradient (see ``grow``), so ``"zero"`` is the right start for discovery. (A
+            positive bias is the paper's other way in: the unit outputs the constant
+            ``relu(b)``, which only carries the mean of the error downstream.)
         generator: for reproducible masks and values.
+        grow: install :func:`archdiscover.growth.enable_growth` on ``model``: in training
+            mode, ReLU-type activations take the subgradient 1 at exactly 0 (forward
+            values unchanged), so the units this start switches off (zero row and bias, or
+            zero BatchNorm scale and shift: a pre-activation of exactly 0) still see their
+            gradient and the Bregman iteration can add them. ``False`` leaves PyTorch's
+            ``relu'(0) = 0``, under which a unit that starts exactly zero never enters.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 10))
@@ -110,7 +130,7 @@ def sparse_init_(
                 continue
             else:
                 mask = r.group_mask(w.shape, density, generator)
-            kept = mask.float().mean().item()
+            kept = _input_keep(module, mask)
             std = gain / math.sqrt(ops.fan_in(module) * kept)
             values = torch.randn(w.shape, generator=generator, dtype=w.dtype) * std
             w.copy_((values * mask).to(w.device))
@@ -123,18 +143,46 @@ def sparse_init_(
         # channels are zeroed so that the whole group starts exactly at zero
         for p, mask in joint_masks.items():
             p.mul_(mask.to(p.dtype))
+    if grow:
+        enable_growth(model)
     return model
+
+
+def _input_keep(module: nn.Module, mask: Tensor) -> float:
+    """The fraction of a kept unit's inputs that are non-zero (what the variance is scaled
+    by): the kept fraction of its own slice for entry and kernel masks; 1 when the mask keeps
+    or drops whole output units (rows, channels), whose kept units see all their inputs."""
+    axis = ops.unit_axis(module)
+    m = mask.movedim(axis if axis is not None else 0, 0).flatten(1)
+    per_unit = m.float().mean(1)
+    whole = bool(((per_unit == 0) | (per_unit == 1)).all())
+    if whole:
+        return 1.0
+    kept = float(mask.float().mean())
+    return max(kept, 1.0 / mask.numel())
 
 
 def _joint_masks(
     params: list[Tensor], reg: Regularizer, density: float, generator: torch.Generator | None
 ) -> dict[Tensor, Tensor]:
-    """Keep ``max(1, round(density * n_groups))`` random coupled groups: a mask per tensor,
-    shaped to broadcast along the tensor's group dim (slices in no group are kept)."""
+    """Per layer, keep ``max(1, round(density * n))`` of its ``n`` coupled groups at random:
+    a mask per tensor, shaped to broadcast along the tensor's group dim (slices in no group
+    are kept). A *layer* is the set of groups that live in the same tensors (one conv's
+    channels; one residual stream's channels across its blocks)."""
     n = reg.n_groups  # type: ignore[attr-defined]
+    where: list[list[int]] = [[] for _ in range(n)]
+    for i, (_dim, ids) in enumerate(reg.index):  # type: ignore[attr-defined]
+        for j in set(ids):
+            if j >= 0:
+                where[j].append(i)
+    layers: dict[tuple[int, ...], list[int]] = {}
+    for j in range(n):
+        layers.setdefault(tuple(where[j]), []).append(j)
     keep = torch.zeros(n + 1, dtype=torch.bool)
-    k = min(n, max(1, round(density * n)))
-    keep[torch.randperm(n, generator=generator)[:k]] = True
+    for members in layers.values():
+        k = min(len(members), max(1, round(density * len(members))))
+        pick = torch.randperm(len(members), generator=generator)[:k]
+        keep[torch.tensor(members)[pick]] = True
     keep[n] = True
     out: dict[Tensor, Tensor] = {}
     for p, (dim, ids) in zip(params, reg.index, strict=True):  # type: ignore[attr-defined]

@@ -1,11 +1,13 @@
 """End-to-end discovery on real data: train a wide MLP supernet, compile it, export, verify.
 
 1. Supernet 784-400-400-10 on the real MNIST 5k subset (4,000 train / 1,000 test images).
-2. ``LinBreg`` with momentum and row sparsity on the coupled neuron groups (each hidden
-   neuron's incoming weights), starting from 5% of the neurons: the inverse scale space adds
+2. The default recipe: ``coupled_param_groups`` (each hidden neuron's incoming weights and
+   bias are one group) + ``LinBreg`` with momentum + ``sparse_init_`` from 5% of each
+   layer's neurons (the rest exactly zero; its growth hooks let ReLU take the subgradient 1
+   at 0, so a switched-off neuron still sees its gradient): the inverse scale space adds
    the neurons the loss asks for.
-3. ``archdiscover.compile``: removes the dead neurons (their constant outputs folded into the
-   next layer's bias, which is exact), verifies the compact model against the trained one.
+3. ``archdiscover.compile``: removes the dead neurons (exactly zero), verifies the compact
+   model against the trained one; the compact widths are the active neurons.
 4. ONNX export, checked by ``onnx.checker`` and run in onnxruntime: its predictions on the
    whole test split must equal the trained model's; latency dense vs compact.
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import archdiscover as ad
 from archdiscover import models
-from archdiscover.coupling import coupled_param_groups
+from archdiscover.coupling import active_channels, coupled_param_groups
 from archdiscover.data import mnist5k
 from archdiscover.export import export_onnx, ort_session
 from archdiscover.latency import compare_latency
@@ -45,7 +47,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def run(
     epochs: int = 15,
     widths: tuple[int, ...] = (400, 400),
-    lam: float = 0.5,
+    lam: float = 1.0,
     density: float = 0.05,
     out_dir: pathlib.Path = pathlib.Path("runs/demo_api"),
     seed: int = 0,
@@ -57,11 +59,9 @@ def run(
     xt, yt = data.test.tensors
     torch.manual_seed(seed)
     model = models.build("mlp", in_features=784, widths=widths, out_features=10)
-    groups = coupled_param_groups(model, xs[:2], lam, roles=("out",), params=("weight",))
-    opt = ad.LinBreg(groups, lr=0.1, momentum=0.9)
-    ad.sparse_init_(
-        model, density, reg=opt, bias="keep", generator=torch.Generator().manual_seed(seed)
-    )
+    opt = ad.LinBreg(coupled_param_groups(model, xs[:2], lam), lr=0.1, momentum=0.9)
+    ad.sparse_init_(model, density, reg=opt, generator=torch.Generator().manual_seed(seed))
+    groups = ad.channel_groups(model, xs[:2])
     gen = torch.Generator().manual_seed(seed)
     bar = tqdm(range(epochs), desc="train", disable=not progress)
     for _ in bar:
@@ -72,12 +72,11 @@ def run(
             opt.zero_grad()
             nn.functional.cross_entropy(model(xs[b]), ys[b]).backward()
             opt.step()
-        units = ad.sparsity_report(model).active_units()
+        units = active_channels(model, groups)
         bar.set_postfix(acc=f"{accuracy(model, xt, yt):.1f}", units=list(units.values())[:-1])
     model.eval()
     acc = accuracy(model, xt, yt)
-    report = ad.sparsity_report(model)
-    predicted = {k: v for k, v in report.active_units().items()}
+    predicted = active_channels(model, groups)
 
     compiled = ad.compile(model, xt[:64])
     print(compiled.report)

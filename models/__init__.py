@@ -2,6 +2,7 @@
 
 from .autoencoder import ConvAutoencoder, DenseAutoencoder
 from .convnet import ConvNet
+from .dncnn import DnCNN
 from .mlp import MLP
 from .registry import available, build, check_args, register
 from .resnet import BasicBlock, Bottleneck, ResNet
@@ -14,6 +15,7 @@ __all__ = [
     "ConvAutoencoder",
     "ConvNet",
     "DenseAutoencoder",
+    "DnCNN",
     "ResNet",
     "SkipAutoencoder",
     "SkipConvAutoencoder",

@@ -11,7 +11,7 @@ from archdiscover.models import BasicBlock, ResNet
 from torch import nn
 
 import archdiscover as ad
-from archdiscover.coupling import coupled_param_groups
+from archdiscover.coupling import active_channels, coupled_param_groups
 from archdiscover.data import digits
 from archdiscover.regularizers import CoupledGroupL12, regularizer_from_dict
 
@@ -38,9 +38,41 @@ class Small(nn.Module):
 X = torch.randn(2, 1, 8, 8)
 
 
-def test_param_groups_cover_the_coupled_slices():
+def test_param_groups_regularize_batchnorm_scale_and_shift_by_default():
     m = Small()
     pg = coupled_param_groups(m, X, lam=0.1)
+    names = {id(p): n for n, p in m.named_parameters()}
+    coupled = [names[id(p)] for p in pg[0]["params"]]
+    # every group here passes a BatchNorm: its scale and shift, filters dense and free
+    assert set(coupled) == {"b1.weight", "b1.bias", "b2.weight", "b2.bias", "b3.weight", "b3.bias"}
+    assert {names[id(p)] for p in pg[1]["params"]} == {
+        "c1.weight",
+        "c1.bias",
+        "c2.weight",
+        "c3.weight",
+        "fc.weight",
+        "fc.bias",
+    }
+    reg = pg[0]["reg"]
+    assert isinstance(reg, CoupledGroupL12) and reg.n_groups == 12 + 10
+    idx = dict(zip(coupled, reg.index, strict=True))
+    # the residual stream: b1's and b3's channel j are one group
+    assert idx["b1.weight"][1] == idx["b3.weight"][1] == idx["b1.bias"][1] == idx["b3.bias"][1]
+    assert idx["b1.weight"][1] == tuple(range(12))
+    assert idx["b2.bias"][1] == tuple(range(12, 22))
+    assert regularizer_from_dict(reg.to_dict()) == reg
+
+
+def test_param_groups_without_batchnorm_regularize_rows_and_biases():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 9), nn.ReLU(), nn.Linear(9, 3))
+    pg = coupled_param_groups(m, torch.randn(2, 1, 8, 8), lam=0.1)
+    assert [tuple(p.shape) for p in pg[0]["params"]] == [(9, 64), (9,)]
+    assert pg[0]["reg"].index == ((0, tuple(range(9))), (0, tuple(range(9))))
+
+
+def test_explicit_roles_cover_the_coupled_slices():
+    m = Small()
+    pg = coupled_param_groups(m, X, lam=0.1, roles=("out", "norm"))
     names = {id(p): n for n, p in m.named_parameters()}
     coupled = {names[id(p)] for p in pg[0]["params"]}
     assert coupled == {
@@ -62,12 +94,14 @@ def test_param_groups_cover_the_coupled_slices():
     idx = dict(zip([names[id(p)] for p in pg[0]["params"]], reg.index, strict=True))
     assert idx["c1.weight"][1] == idx["c3.weight"][1] == idx["b1.bias"][1] == idx["b3.bias"][1]
     assert regularizer_from_dict(reg.to_dict()) == reg
+    with pytest.raises(ValueError, match="roles"):
+        coupled_param_groups(m, X, lam=0.1, roles="filters")
 
 
 def test_prox_zeros_whole_groups_and_shrinks_the_others():
     torch.manual_seed(0)
     m = Small()
-    pg = coupled_param_groups(m, X, lam=1.0)
+    pg = coupled_param_groups(m, X, lam=1.0, roles=("out", "norm"))
     reg, params = pg[0]["reg"], pg[0]["params"]
     xs = [p.detach().clone() for p in params]
     norms = reg.group_norms_all(xs)
@@ -110,27 +144,56 @@ def test_initial_parameters_are_a_fixed_point(opt_cls):
         torch.testing.assert_close(v, before[k], rtol=1e-6, atol=0)
 
 
-def test_sparse_init_keeps_exactly_the_requested_number_of_coupled_groups():
+@pytest.mark.parametrize(
+    ("density", "per_layer"), [(0.25, (3, 2)), (0.01, (1, 1)), (1.0, (12, 10))]
+)
+def test_sparse_init_keeps_the_requested_channels_in_every_layer(density, per_layer):
     torch.manual_seed(0)
     m = Small()
     opt = ad.LinBreg(coupled_param_groups(m, X, lam=0.5), lr=0.1)
-    ad.sparse_init_(m, 0.25, reg=opt, generator=torch.Generator().manual_seed(1))
+    ad.sparse_init_(m, density, reg=opt, generator=torch.Generator().manual_seed(1))
+    # per layer (the stream c1/c3 with 12 channels, c2 with 10): max(1, round(d * n))
+    assert not bool(((m.b1.weight != 0) ^ (m.b3.weight != 0)).any())  # one stream group
+    assert int((m.b1.weight != 0).sum()) == per_layer[0]
+    assert int((m.b2.weight != 0).sum()) == per_layer[1]
+    for bn in (m.b1, m.b2, m.b3):  # switched off: scale and shift exactly 0 together
+        assert torch.equal(bn.weight == 0, (bn.weight == 0) & (bn.bias == 0))
+    # the filters are not regularized: dense Kaiming, whatever the channel's state
+    for conv in (m.c1, m.c2, m.c3):
+        assert int((conv.weight == 0).sum()) == 0
+        std = float(conv.weight.detach().std())
+        assert 0.7 < std * math.sqrt(conv.weight[0].numel() / 2) < 1.3
     groups = ad.channel_groups(m, X)
-    alive = [g for g in groups if not g.is_zero(m)]
-    assert len(alive) == round(0.25 * len(groups))
-    for g in groups:  # a dead channel has zero filter, bias, BN scale and shift
-        if not any(s.tensor(m).any() for s in g.params(("out",)) if s.param == "weight"):
-            assert g.is_zero(m)
+    assert active_channels(m, groups) == {
+        "c1": per_layer[0],
+        "c2": per_layer[1],
+        "c3": per_layer[0],
+        "fc": 10,
+    }
 
 
-def test_training_zeros_whole_channels_and_compile_removes_exactly_them():
-    # proximal SGD from a dense start: the coupled prox removes whole channels as it goes
+def test_sparse_init_gives_every_layer_a_unit_however_small_the_density():
+    # a layer of 3 channels next to one of 500: a global draw would give the small one 0
+    m = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+        nn.Conv2d(3, 500, 3, padding=1), nn.BatchNorm2d(500), nn.ReLU(),
+        nn.Flatten(), nn.Linear(500 * 16, 2),
+    )  # fmt: skip
+    x = torch.randn(2, 1, 4, 4)
+    opt = ad.AdaBreg(coupled_param_groups(m, x, lam=0.1))
+    ad.sparse_init_(m, 0.01, reg=opt, generator=torch.Generator().manual_seed(0))
+    assert int((m[1].weight != 0).sum()) == 1 and int((m[4].weight != 0).sum()) == 5
+
+
+def test_proximal_training_zeros_whole_channels_and_compile_removes_exactly_them():
+    # proximal SGD from a dense start: the prox on BatchNorm scale and shift switches whole
+    # channels off (network slimming, exactly), and compile removes exactly those
     torch.manual_seed(0)
     data = digits(seed=0)
     m = Small(w=24, h=20)
     xs, ys = data.train.tensors
     xs = xs.view(-1, 1, 8, 8)
-    opt = ad.ProxSGD(coupled_param_groups(m, xs[:4], lam=0.02), lr=0.1)
+    opt = ad.ProxSGD(coupled_param_groups(m, xs[:4], lam=0.1), lr=0.1)
     ad.sparse_init_(m, 1.0, reg=opt, generator=torch.Generator().manual_seed(0))  # dense Kaiming
     groups = ad.channel_groups(m, xs[:4])
     gen = torch.Generator().manual_seed(0)
@@ -142,17 +205,17 @@ def test_training_zeros_whole_channels_and_compile_removes_exactly_them():
             nn.functional.cross_entropy(m(xs[b]), ys[b]).backward()
             opt.step()
     m.eval()
-    alive = [g for g in groups if not g.is_zero(m)]
+    alive = [g for g in groups if not g.is_zero(m, ("norm",))]
     assert 0 < len(alive) < len(groups)
-    for g in groups:  # the prox zeroed whole groups: zero filters mean zero BN scale and shift
-        if not any(s.tensor(m).any() for s in g.params(("out",)) if s.param == "weight"):
-            assert g.is_zero(m), "a coupled group is partly zero"
+    for bn in (m.b1, m.b2, m.b3):  # the prox zeroed scale and shift together
+        assert torch.equal(bn.weight == 0, (bn.weight == 0) & (bn.bias == 0))
     c = ad.compile(m, xs[:8])
     w1 = sum(1 for g in alive if "c1" in g.producers)
     w2 = sum(1 for g in alive if "c2" in g.producers)
     assert c.report.layers["c1"][1] == w1 == c.report.layers["c3"][1]
     assert c.report.layers["c2"][1] == w2
     assert w1 + w2 == len(alive)
+    assert active_channels(m, groups) == {"c1": w1, "c2": w2, "c3": w1, "fc": 10}
     with torch.no_grad():
         ref, got = m(xs[:200]), c.model(xs[:200])
     assert float((ref - got).abs().max()) <= 1e-5 * max(1.0, float(ref.abs().max()))

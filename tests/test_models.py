@@ -17,6 +17,7 @@ NAMES = [
     "conv_autoencoder",
     "convnet",
     "dense_autoencoder",
+    "dncnn",
     "mlp",
     "resnet18",
     "resnet20",
@@ -47,6 +48,8 @@ CASES = [
     ("mlp", {}, (2, 1, 28, 28), (2, 10)),
     ("skip_autoencoder", {}, (2, 1, 28, 28), (2, 1, 28, 28)),
     ("skip_conv_autoencoder", {"widths": (4, 6)}, (2, 1, 12, 10), (2, 1, 12, 10)),
+    ("dncnn", {}, (2, 1, 20, 24), (2, 1, 20, 24)),
+    ("dncnn", {"depth": 4, "widths": (5, 6, 7), "channels": 3}, (2, 3, 9, 9), (2, 3, 9, 9)),
 ]
 
 

@@ -97,7 +97,7 @@ def test_skip_autoencoder_script_quick(tmp_path):
 
 def test_resnet_vs_torch_pruning_script_quick(tmp_path):
     out = _load("resnet_vs_torch_pruning").main(["--quick", "--out", str(tmp_path)])
-    ours = out["results"]["archdiscover (AdaBreg, coupled groups, compiled)"]
+    ours = out["results"]["archdiscover (LinBreg, coupled groups, compiled)"]
     theirs = out["results"]["Torch-Pruning (MetaPruner, group magnitude) + fine-tune"]
     assert ours["max_rel_error"] < 1e-4
     assert ours["params_compact"] < ours["params_dense"] == theirs["params_dense"]
@@ -110,6 +110,31 @@ def test_resnet_vs_torch_pruning_script_quick(tmp_path):
     for r in (ours, fast, theirs):
         assert 0 <= r["test_accuracy"] <= 100 and 0 < r["flops_fraction"] <= 1
         _latency(r["latency_ms"], sizes=("1", "8"))
+    # the compiled widths are the channels the training left active (no dead one kept)
+    for layer, active in out["active_channels_last_epoch"].items():
+        assert 0 <= out["compiled_widths"][layer] - active <= 1, layer
+    # every layer starts from max(1, round(5% of its channels))
+    start = out["active_channels_per_epoch"][0]
+    assert start["stages.0.0.conv1"] == 1 and start["stages.2.0.conv2"] == 3
+    abl = out["ablation"]
+    assert set(abl) == {"discovered widths", "uniform widths"}
+    for row in abl.values():
+        assert len(row["test_accuracy"]) == 1 and 0 <= row["mean"] <= 100
+    assert abs(abl["uniform widths"]["params"] / abl["discovered widths"]["params"] - 1) < 0.25
+    _pngs(out)
+
+
+def test_denoiser_script_quick(tmp_path):
+    out = _load("denoiser_discovery").main(["--quick", "--out", str(tmp_path)])
+    d, disc, uni = out["dense"], out["discovered"], out["uniform"]
+    for r in (d, disc, uni, out["discovered_retrained"]):
+        assert 0 < r["psnr"] < 60 and r["flops"] > 0
+    assert disc["flops"] <= d["flops"] and disc["max_rel_error"] < 1e-4
+    assert out["widths"] == disc["widths"] == out["discovered_retrained"]["widths"]
+    assert disc["widths"] == disc["active_widths"]  # compiled widths = active channels
+    assert out["discovered_retrained"]["flops"] == disc["flops"]
+    assert len(out["growth"]) == out["training"]["epochs"] + 1
+    assert (tmp_path / "denoiser_discovery.json").exists()
     _pngs(out)
 
 

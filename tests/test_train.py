@@ -13,6 +13,7 @@ import archdiscover.engine
 from archdiscover.cli import main
 from archdiscover.engine import CheckpointError, ConfigError, TrainConfig, load_trained, train
 from archdiscover.export import ort_session
+from archdiscover.growth import growth_enabled
 
 BASE = dict(
     model="mlp",
@@ -243,26 +244,47 @@ def _units_per_epoch(tmp_path, name, **over):
     return res, [r["active_units"]["layers.1"] for r in log]
 
 
-def test_positive_biases_let_units_enter_and_zero_biases_do_not(tmp_path):
-    # 48 hidden rows, 2 alive at the start (5%); behind a ReLU a zero row with a zero bias
-    # gets no gradient (relu'(0) = 0), so with zero biases the width cannot change
-    _, zero = _units_per_epoch(tmp_path, "zero", bias_init="zero")
-    assert zero == [2, 2, 2]
-    res, pos = _units_per_epoch(tmp_path, "pos", bias_init="positive")
+def test_units_enter_from_zero_biases_through_relu_subgradient(tmp_path):
+    # 48 hidden rows, 2 alive at the start (5%), zero biases: a switched-off unit's
+    # pre-activation is exactly 0, and only the growth hooks' relu'(0) = 1 lets it enter
+    res, zero = _units_per_epoch(tmp_path, "zero", bias_init="zero")
+    assert zero[0] > 2 and zero[-1] >= zero[0] and zero[-1] < 48
+    assert growth_enabled(res.model)
+    _, pos = _units_per_epoch(tmp_path, "pos", bias_init="positive")
     assert pos[-1] > 2
-    for m in res.model.modules():
-        if isinstance(m, torch.nn.Linear):
-            assert m.bias.shape[0] == m.out_features
 
 
-def test_group_regularizer_keeps_the_output_layer_entrywise(tmp_path):
-    # the output units cannot be removed: the last Linear gets L1 on entries, not rows
+def test_group_regularizer_keeps_the_output_layer_dense(tmp_path):
+    # the output units cannot be removed: the last Linear is neither regularized nor thinned
+    # (the hidden units grow through its columns)
     res, _ = _units_per_epoch(tmp_path, "g", epochs=1)
     names = {g.get("name"): g for g in res.optimizer.param_groups}
     assert set(names) == {"weights", "output weights", "other"}
-    assert isinstance(names["output weights"]["reg"], ad.L1)
+    assert isinstance(names["output weights"]["reg"], ad.Null)
     assert names["output weights"]["params"][0] is res.model.layers[3].weight
     assert isinstance(names["weights"]["reg"], ad.GroupL12)
+    assert int((res.model.layers[3].weight == 0).sum()) == 0
+
+
+def test_coupled_recipe_logs_active_channels_that_compile_keeps(tmp_path):
+    # a BatchNorm net: filters stay dense, the channels are counted on their BN scale/shift
+    cfg = {
+        **BASE,
+        "model": "conv_autoencoder",
+        "model_args": {"enc_widths": [8, 8], "bottleneck": 8, "dec_widths": [8, 8]},
+        "task": "denoising",
+        "regularizer": "coupled",
+        "lam": 0.05,
+        "init_density": 0.1,
+        "epochs": 2,
+    }
+    log: list[dict] = []
+    res = train(cfg, tmp_path / "c", progress=False, on_epoch=log.append)
+    c = ad.compile(res.model.eval(), torch.randn(4, 1, 8, 8))
+    assert {k: after for k, (_, after) in c.report.layers.items()} == log[-1]["active_units"]
+    assert log[-1]["unit_density"] == pytest.approx(
+        sum(log[-1]["active_units"].values()) / sum(log[-1]["widths"].values())
+    )
 
 
 def test_measure_hook_is_what_the_lam_scheduler_steers(tmp_path):

@@ -9,7 +9,9 @@
    the output; then drop residual branches that are exactly zero, re-tracing until none is
    left (depth);
 3. plan which coupled channel groups go (zero, dead downstream, or foldable constants),
-   round the widths (:mod:`.passes`), fold the constants into the consumers' biases;
+   merge the constants that enter zero-padded convolutions into one carrier channel per
+   set of consumers (:mod:`.carry`), round the widths (:mod:`.passes`), fold the
+   constants into the consumers' biases and the merged ones into their carriers' weights;
 4. remove the channels physically (:mod:`.prune`, Torch-Pruning's per-layer functions);
 5. verify (:mod:`.verify`): the compact model must reproduce the original on the example
    inputs and on fresh random inputs to ``atol`` relative to the output scale, and neither
@@ -34,7 +36,7 @@ from ..export import export_onnx
 from ..graph.ops import EVAL_IDENTITY_FUNCTIONS, producer_widths, qualified_name
 from ..graph.trace import TraceError, trace, weight_depth
 from ..verify import fresh_inputs, max_error, outputs
-from . import passes, topology
+from . import carry, passes, topology
 from .analysis import ValueAnalysis
 from .errors import CompileError
 from .prune import count, pad_mixing_norms, prune
@@ -282,8 +284,11 @@ def compile_once(
             + "; ".join(p.blocked)
             + ". Pass strict=False to keep them (see archdiscover.inspect)."
         )
+    merges = carry.plan_carriers(g, a, p)
     passes.round_widths(g, p, round_to)
-    passes.fold_constants(g, a, p.fold)
+    merges = {lab: c for lab, c in merges.items() if lab in p.remove}
+    passes.fold_constants(g, a, p.fold - set(merges))
+    carry.merge_carriers(g, a, merges)
     prune(g, p.remove, work)
     padded = pad_mixing_norms(g, p.remove, work)
     changed = rewrite_sizes(g, p.remove)

@@ -57,7 +57,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig
 from .dist import Dist, barrier, init_distributed
-from .recipes import build_optimizer, lr_scheduler
+from .recipes import build_optimizer, lr_scheduler, unit_counter
 
 __all__ = ["DivergenceError", "RunResult", "build_model", "load_split", "load_trained", "train"]
 
@@ -279,6 +279,7 @@ def _train(
         torch.set_num_threads(n_threads)
     _check_fits(model, cfg, split, xs[:2])
     opt = build_optimizer(model, cfg, xs[:2])
+    count_units = unit_counter(model, cfg, xs[:2])
     if cfg.optimizer not in ("sgd", "adam"):
         gen = torch.Generator().manual_seed(cfg.seed)
         sparse_init_(model, cfg.init_density, reg=opt, bias=cfg.resolved_bias_init, generator=gen)
@@ -329,7 +330,7 @@ def _train(
     )
     widths = {r.name: r.units for r in sparsity_report(model).layers if r.units is not None}
     # the sparse start, logged with epoch 1 so that plots can draw the path from epoch 0
-    initial = None if start else _sparsity(model)
+    initial = None if start else _sparsity(model, count_units)
     last: dict[str, Any] = last_record(run_dir / "log.jsonl", start)
     n = len(xs)
     first_loss: float | None = None
@@ -383,6 +384,8 @@ def _train(
             raise _divergence(cfg, epoch, "", f"weight {bad!r}", float("nan"))
         if denoise:
             record["val_psnr"] = psnr_from_mse(record["val_loss"], peak)
+        sparsity = _sparsity(model, count_units)
+        units = sparsity["active_units"]
         measured = None
         if measure is not None:
             measured = float(measure(model))
@@ -395,8 +398,9 @@ def _train(
             "train_loss": float(total) / count,
             "samples": count,
             **record,
-            **_sparsity(model),
+            **sparsity,
             "widths": widths,
+            "unit_density": sum(units.values()) / max(1, sum(widths.get(k, 0) for k in units)),
             "lam": lams[0] if lams else None,
             **({"measured": measured} if measured is not None else {}),
             "lr": float(opt.param_groups[0]["lr"]),
@@ -467,12 +471,14 @@ def _degradation(cfg: TrainConfig) -> Callable[[Tensor], Tensor]:
     return lambda x: x
 
 
-def _sparsity(model: nn.Module) -> dict[str, Any]:
+def _sparsity(model: nn.Module, count_units: Callable[[nn.Module], dict] | None = None) -> dict:
+    """Density, weight density and active units (``count_units``: the recipe's own count,
+    e.g. active channel groups of a coupled regularizer; else non-zero rows per layer)."""
     rep = sparsity_report(model)
     return {
         "density": rep.density,
         "weight_density": rep.weight_density,
-        "active_units": rep.active_units(),
+        "active_units": count_units(model) if count_units is not None else rep.active_units(),
     }
 
 

@@ -3,12 +3,18 @@
 * ``l1`` -- entries of every Conv / ConvTranspose / Linear weight;
 * ``group`` -- output units (rows, filters; ``axis=1`` for a ConvTranspose weight);
 * ``kernels`` -- each k x k kernel of a convolution, the rows of a Linear (the paper's Table 2);
-* ``coupled`` -- coupled channel groups (:func:`archdiscover.coupled_param_groups`), BatchNorm
-  scale and shift included; ``coupled_weights`` -- the same groups, filters only;
+* ``coupled`` -- coupled channel groups (:func:`archdiscover.coupled_param_groups`, the
+  default recipe): the BatchNorm scale and shift of every channel that has one (filters
+  dense and unregularized), the producing rows and biases of the others;
+  ``coupled_weights`` -- the same groups, filters only (biases kept non-zero);
 * ``none`` -- no regularizer.
 
 With ``group`` and ``kernels`` a layer none of whose outputs can be removed (found with
-:func:`archdiscover.inspect`: it makes the model's output) gets entry-wise L1 instead.
+:func:`archdiscover.inspect`: it makes the model's output) stays dense and unregularized
+(``"output weights"``, :class:`~archdiscover.regularizers.Null`): a hidden unit that the
+sparse start switched off can only receive a gradient through its outgoing weights, so
+those must not start at zero (with entry-wise L1 from 1% of the entries almost none of them
+exist, and nothing grows).
 
 Gates (:mod:`archdiscover.graph.gates`: scalar parameters that scale a whole tensor, one
 per candidate connection, e.g. the ``skips`` of ``models.skip_autoencoder``) get a param
@@ -21,6 +27,7 @@ input does not freeze the widths it could later couple.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,7 +38,7 @@ from ..optim import AdaBreg, LinBreg, ProxSGD
 from ..regularizers import L1, GroupL12, Null, Regularizer
 from .config import TrainConfig
 
-__all__ = ["build_optimizer", "lr_scheduler", "param_groups"]
+__all__ = ["build_optimizer", "lr_scheduler", "param_groups", "unit_counter"]
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[dict[str, Any]]:
@@ -97,8 +104,10 @@ def _recipe_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[
             continue
         seen.add(id(m.weight))
         transposed = isinstance(m, ops.CONV_TRANSPOSE)
-        if cfg.regularizer == "l1" or mname in fixed:
-            put("weights" if cfg.regularizer == "l1" else "output weights", L1(lam), m.weight)
+        if cfg.regularizer == "l1":
+            put("weights", L1(lam), m.weight)
+        elif mname in fixed:  # dense: the hidden units grow through its columns
+            put("output weights", Null(), m.weight)
         elif cfg.regularizer == "group":  # output units: rows / filters
             put(
                 "transposed" if transposed else "weights",
@@ -115,6 +124,24 @@ def _recipe_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[
     if others:
         groups.append({"params": others, "reg": Null(), "name": "other"})
     return groups
+
+
+def unit_counter(
+    model: nn.Module, cfg: TrainConfig, example: Tensor
+) -> Callable[[nn.Module], dict[str, int]] | None:
+    """For the coupled recipes, a function giving each producing layer's active channels
+    (:func:`archdiscover.coupling.active_channels`: a channel whose regularized slices are
+    all zero is inactive, whatever its unregularized filter holds); ``None`` for the other
+    recipes, whose units are counted on the weights (:func:`archdiscover.sparsity_report`)."""
+    if cfg.regularizer not in ("coupled", "coupled_weights") or cfg.optimizer in ("sgd", "adam"):
+        return None
+    from ..coupling import active_channels
+    from ..graph.groups import channel_groups
+
+    groups = channel_groups(model, example)
+    if cfg.regularizer == "coupled_weights":
+        return lambda m: active_channels(m, groups, ("out",), ("weight",))
+    return lambda m: active_channels(m, groups)
 
 
 def _fixed_layers(model: nn.Module, example: Tensor) -> set[str]:

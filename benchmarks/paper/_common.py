@@ -39,7 +39,8 @@ def train_run(
     metric = f"{last['val_psnr']:.2f} dB" if "val_psnr" in last else f"{last['val_accuracy']:.2f}%"
     print(
         f"{name:34s}: {metric} at {100 * last['weight_density']:.2f}% non-zero weights, "
-        f"units {list(last['active_units'].values())} ({seconds:.1f} s)",
+        f"{100 * last['unit_density']:.1f}% of the units active "
+        f"{list(last['active_units'].values())} ({seconds:.1f} s)",
         file=sys.stderr,
         flush=True,
     )

@@ -1,24 +1,30 @@
 """ResNet compression for deployment (the paper's Sec. 4.5 at this machine's scale) against
-Torch-Pruning, on the same budget of epochs; prints JSON, writes a PNG.
+Torch-Pruning, on the same budget of epochs; prints JSON, writes PNGs.
 
 CIFAR-style ResNet-20 (``models.resnet20``, width x ``--width``) on the MNIST 5k subset
 zero-padded to 32x32 (4,000 / 1,000 split), batch 64, Adam-type steps, cosine learning rate.
 
-* **archdiscover**: AdaBreg on coupled channel groups (every residual-stream channel is one
-  group across its blocks; filters, BatchNorm scale and shift together) for ``E`` epochs
-  from ``--init-density`` of the channels; compiled (dead channels removed, exact), exported
-  to ONNX.
+* **archdiscover**: the default recipe (``regularizer = "coupled"``: each channel's
+  BatchNorm scale and shift is a group, every residual-stream channel one group across its
+  blocks; filters dense and unregularized) with LinBreg (lr 0.1, momentum 0.9) for ``E``
+  epochs from
+  ``--init-density`` of each layer's channels (the rest exactly zero; ReLU's subgradient 1
+  at 0 lets them enter); compiled (dead channels removed, exact), exported to ONNX.
 * **Torch-Pruning**: the same network trained dense with Adam for ``E / 2`` epochs, pruned
   with ``tp.pruner.MetaPruner`` and group magnitude importance (L2) to the parameter count of
   the archdiscover model (pruning ratio found by bisection; the classifier is kept), then
   fine-tuned with Adam for the other ``E / 2`` epochs: both spend ``E`` epochs.
+* **Ablation** (``--ablation-seeds``): the discovered widths trained from scratch (Adam,
+  dense start) against a uniformly thinned ResNet-20 with the same parameter count, one run
+  per seed each: is the discovered architecture better than uniform widths?
 
 Both compact models and the dense network are exported to ONNX and timed in onnxruntime
 (interleaved with the dense model) at batch 1 and 64: test accuracy, parameter and FLOP
 fractions, latency and speed-up. The archdiscover model is also compiled with
 ``round_to="auto"`` (widths rounded up to the multiple that runs fastest here).
 
-    python benchmarks/paper/resnet_vs_torch_pruning.py [--width 4] [--epochs 8]
+    python benchmarks/paper/resnet_vs_torch_pruning.py            # x1, 6 epochs (RESULTS.md)
+    python benchmarks/paper/resnet_vs_torch_pruning.py --width 4 --epochs 8  # the x4 network
     python benchmarks/paper/resnet_vs_torch_pruning.py --quick     # seconds: checks the script
     python benchmarks/paper/resnet_vs_torch_pruning.py --dataset cifar10 --data-dir DIR
 """
@@ -33,6 +39,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from matplotlib.figure import Figure
@@ -47,11 +54,14 @@ from _common import (
     compile_and_time,
     latency_reps,
     latency_summary,
+    sd,
     train_run,
 )
 
+import archdiscover as ad
 from archdiscover.engine import TrainConfig, build_model, load_split
 from archdiscover.export import export_onnx
+from archdiscover.graph.ops import producer_widths
 from archdiscover.latency import compare_latency
 
 
@@ -71,11 +81,13 @@ def bregman_config(
         dataset=dataset,
         data_dir=data_dir,
         pad_to=None if cifar else 32,
-        optimizer="adabreg",
-        lr=2e-3,
+        optimizer="linbreg",
+        lr=0.1,
+        momentum=0.9,
         regularizer="coupled",
         lam=lam,
         init_density=init_density,
+        threads=1,
         epochs=epochs,
         batch_size=64,
         lr_schedule="cosine",
@@ -139,6 +151,48 @@ def prune_to(
     return best
 
 
+def narrow_args(widths: dict[str, int], n_blocks: int = 3) -> dict:
+    """ResNet-20 constructor arguments for per-layer widths (``widths[layer]`` as in a
+    compile report): stem, stream width per stage, inner width per block."""
+    return {
+        "stem_width": widths["stem.0"],
+        "stage_widths": [widths[f"stages.{s}.0.conv2"] for s in range(3)],
+        "block_widths": [
+            [widths[f"stages.{s}.{b}.conv1"] for b in range(n_blocks)] for s in range(3)
+        ],
+    }
+
+
+def uniform_multiplier(target_params: int, base: dict) -> tuple[float, int]:
+    """The ResNet-20 width multiplier whose parameter count is closest to ``target_params``."""
+    best = (1.0, 0)
+    for k in range(5, 801):
+        m = k / 100
+        n = count_params(build_model(TrainConfig.from_dict({**base, "model_args": {
+            **base["model_args"], "width_multiplier": m}})))  # fmt: skip
+        if best[1] == 0 or abs(n - target_params) < abs(best[1] - target_params):
+            best = (m, n)
+        if n > 2 * target_params:
+            break
+    return best
+
+
+def start_widths(model: nn.Module, example: torch.Tensor, density: float) -> dict[str, int]:
+    """The sparse start's active channels per layer: ``max(1, round(density * n))``."""
+    from archdiscover.coupling import active_channels
+
+    groups = ad.channel_groups(model, example)
+    full = active_channels(model, [])  # every channel counted
+    per_layer: dict[str, int] = {}
+    layers: dict[tuple[str, ...], int] = {}
+    for g in groups:
+        layers[g.producers] = layers.get(g.producers, 0) + 1
+    for prods, n in layers.items():
+        for p in prods:
+            per_layer[p] = min(n, max(1, round(density * n)))
+    return {k: per_layer.get(k, v) for k, v in full.items()}
+
+
 def run(
     width: float,
     epochs: int,
@@ -149,6 +203,8 @@ def run(
     out: pathlib.Path,
     dataset: str = "mnist5k",
     data_dir: str | None = None,
+    ablation_seeds: int = 3,
+    ablation_epochs: int | None = None,
 ) -> dict:
     t_all = time.perf_counter()
     cfg = bregman_config(width, epochs, init_density, lam, seed, dataset, data_dir)
@@ -160,12 +216,12 @@ def run(
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = pathlib.Path(tmp_s)
-        # archdiscover: Bregman training on coupled groups, then compile
+        # archdiscover: the default recipe from a sparse start, then compile
         res, log, secs = train_run(cfg, tmp, "bregman")
         _, summary = compile_and_time(
             res.model, example, tmp, quick=quick, name="bregman", batch_sizes=batch_sizes
         )
-        results["archdiscover (AdaBreg, coupled groups, compiled)"] = {
+        results["archdiscover (LinBreg, coupled groups, compiled)"] = {
             "test_accuracy": log[-1]["val_accuracy"],
             "seconds": secs,
             **summary,
@@ -185,7 +241,11 @@ def run(
             "seconds": secs,
             **fast,
         }
-        density_curve = [100 * r["density"] for r in log]
+        discovered = {k: v[1] for k, v in summary["widths"].items()}
+        active_last = log[-1]["active_units"]
+        supernet = build_model(TrainConfig.from_dict(cfg))
+        start = start_widths(supernet, example, init_density)
+        growth = [start] + [r["active_units"] for r in log]
         target = summary["params_compact"]
 
         # Torch-Pruning: dense training, magnitude pruning to the same size, fine-tuning
@@ -209,6 +269,7 @@ def run(
         )
         macs_d, params_d = tp.utils.count_ops_and_params(dense, example[:1])
         macs_p, params_p = tp.utils.count_ops_and_params(pruned, example[:1])
+        tp_widths = producer_widths(pruned)
         results["Torch-Pruning (MetaPruner, group magnitude) + fine-tune"] = {
             "test_accuracy": tp_acc,
             "dense_accuracy_before_pruning": dense_acc,
@@ -223,10 +284,38 @@ def run(
             "flops_dense": int(2 * macs_d),
             "flops_compact": int(2 * macs_p),
             "flops_fraction": macs_p / macs_d,
+            "widths": {k: [summary["widths"][k][0], v] for k, v in tp_widths.items()},
             "latency_ms": latency_summary(lat),
         }
+
+        # ablation: the discovered widths from scratch against uniform widths, same params
+        base = {**cfg, "optimizer": "adam", "lr": 2e-3, "regularizer": "none", "init_density": 1.0}
+        base["epochs"] = ablation_epochs or epochs
+        nargs = {**cfg["model_args"], **narrow_args(discovered)}
+        mult, _ = uniform_multiplier(target, base)
+        ablation: dict[str, dict] = {"discovered widths": {}, "uniform widths": {}}
+        for k in range(ablation_seeds):
+            for name, margs in (
+                ("discovered widths", nargs),
+                ("uniform widths", {**cfg["model_args"], "width_multiplier": mult}),
+            ):
+                acfg = {**base, "model_args": margs, "seed": seed + 1 + k}
+                ares, alog, asecs = train_run(acfg, tmp, f"ablation-{name}-{k}")
+                ablation[name].setdefault("test_accuracy", []).append(alog[-1]["val_accuracy"])
+                ablation[name]["params"] = count_params(ares.model)
+                ablation[name].setdefault("seconds", []).append(asecs)
+        for row in ablation.values():
+            accs = row["test_accuracy"]
+            row["mean"] = sum(accs) / len(accs)
+            row["sd"] = sd(accs)
+        ablation["uniform widths"]["width_multiplier"] = mult
+        ablation["discovered widths"]["model_args"] = nargs
     out.mkdir(parents=True, exist_ok=True)
-    plot = plot_summary(results, out / "resnet_vs_torch_pruning.png", batch_sizes)
+    plots = [
+        plot_summary(results, out / "resnet_vs_torch_pruning.png", batch_sizes),
+        plot_scale_space(growth, out / "resnet_scale_space.png", width),
+        plot_layer_widths(summary["widths"], tp_widths, out / "resnet_widths.png", width),
+    ]
     return {
         "experiment": "resnet_vs_torch_pruning",
         "model": f"ResNet-20 x{width:g} (CIFAR-style), {dataset}"
@@ -235,18 +324,86 @@ def run(
         "epochs": epochs,
         "seed": seed,
         "bregman_config": cfg,
-        "bregman_density_per_epoch_percent": density_curve,
+        "bregman_channel_density_per_epoch_percent": [100 * r["unit_density"] for r in log],
+        "active_channels_per_epoch": growth,
+        "active_channels_last_epoch": active_last,
+        "compiled_widths": discovered,
         "results": results,
-        "plots": [str(plot)],
+        "ablation": ablation,
+        "plots": [str(p) for p in plots],
         "seconds": time.perf_counter() - t_all,
     }
+
+
+def _stage_series(growth: list[dict[str, int]]) -> dict[str, list[int]]:
+    """Per stage: the stream width and each block's inner width, per epoch."""
+    series: dict[str, list[int]] = {}
+    for s in range(3):
+        series[f"stage {s + 1} stream"] = [g[f"stages.{s}.0.conv2"] for g in growth]
+        for b in range(3):
+            series[f"stage {s + 1} block {b + 1} inner"] = [
+                g[f"stages.{s}.{b}.conv1"] for g in growth
+            ]
+    return series
+
+
+def plot_scale_space(
+    growth: list[dict[str, int]], path: pathlib.Path, width: float
+) -> pathlib.Path:
+    fig = Figure(figsize=(11, 4), dpi=120)
+    full = {s: round(w * width) for s, w in zip(range(3), (16, 32, 64), strict=True)}
+    series = _stage_series(growth)
+    for s in range(3):
+        ax = fig.add_subplot(1, 3, s + 1)
+        for name, ys in series.items():
+            if not name.startswith(f"stage {s + 1}"):
+                continue
+            stream = name.endswith("stream")
+            ax.plot(
+                range(len(ys)), ys, lw=2.2 if stream else 1.2, ls="-" if stream else "--",
+                marker="o" if stream else ".", label=name.split(" ", 2)[2],
+            )  # fmt: skip
+        ax.axhline(full[s], color="0.6", lw=0.8)
+        ax.set_ylim(0, full[s] * 1.05)
+        ax.set_xlabel("epoch (0 = sparse start)")
+        ax.set_ylabel("active channels")
+        ax.set_title(f"stage {s + 1} (supernet width {full[s]})", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        "ResNet-20: channels entering from the sparse start (inverse scale space)", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_layer_widths(
+    widths: dict[str, list[int]], tp_widths: dict[str, int], path: pathlib.Path, width: float
+) -> pathlib.Path:
+    names = [n for n in widths if n != "fc"]
+    fig = Figure(figsize=(12, 4), dpi=120)
+    ax = fig.add_subplot()
+    pos = np.arange(len(names))
+    ax.bar(pos, [widths[n][0] for n in names], color="0.88", label="supernet")
+    ax.bar(pos - 0.2, [widths[n][1] for n in names], width=0.4, color="C0", label="archdiscover")
+    ax.bar(pos + 0.2, [tp_widths.get(n, 0) for n in names], width=0.4, color="C2",
+           label="Torch-Pruning (same params)")  # fmt: skip
+    ax.set_xticks(pos, [n.replace("stages.", "s").replace(".conv", ".c") for n in names],
+                  rotation=70, fontsize=7)  # fmt: skip
+    ax.set_ylabel("output channels")
+    ax.set_title(f"ResNet-20 x{width:g}: width per layer", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
 
 
 def plot_summary(results: dict[str, dict], path: pathlib.Path, batch_sizes) -> pathlib.Path:
     fig = Figure(figsize=(11, 4.5), dpi=120)
     names = list(results)
     short = {
-        "archdiscover (AdaBreg, coupled groups, compiled)": "archdiscover",
+        "archdiscover (LinBreg, coupled groups, compiled)": "archdiscover",
         "archdiscover, widths rounded for speed (round_to='auto')": "archdiscover\nauto-rounded",
         "Torch-Pruning (MetaPruner, group magnitude) + fine-tune": "Torch-Pruning",
     }
@@ -283,16 +440,19 @@ def plot_summary(results: dict[str, dict], path: pathlib.Path, batch_sizes) -> p
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="ResNet-20 x1 on digits, 2 epochs")
-    ap.add_argument("--width", type=float, default=4.0)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--init-density", type=float, default=0.3)
-    ap.add_argument("--lam", type=float, default=1e-3)
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--init-density", type=float, default=0.05)
+    ap.add_argument("--lam", type=float, default=0.2)
+    ap.add_argument("--ablation-seeds", type=int, default=3)
+    ap.add_argument("--ablation-epochs", type=int, default=None, help="default: --epochs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
     add_data_args(ap, ("mnist5k", "mnist", "fashion_mnist", "cifar10"))
     args = ap.parse_args(argv)
     if args.quick:  # digits: 1,437 8x8 images padded to 32x32
         args.width, args.epochs, args.dataset = 1.0, 2, "digits"
+        args.ablation_seeds, args.ablation_epochs = 1, 1
     result = run(
         args.width,
         args.epochs,
@@ -303,6 +463,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.out,
         args.dataset,
         args.data_dir,
+        args.ablation_seeds,
+        args.ablation_epochs,
     )
     print(json.dumps(result, indent=2))
     return result
