@@ -271,7 +271,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         lr=0.1,
         momentum=0.9,
         regularizer="coupled",
-        lam=1.0,
+        lam=0.3,
         init_density=0.05,
         epochs=15 if not args.quick else 4,
         batch_size=64,

@@ -47,7 +47,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def run(
     epochs: int = 15,
     widths: tuple[int, ...] = (400, 400),
-    lam: float = 1.0,
+    lam: float = 0.3,
     density: float = 0.05,
     out_dir: pathlib.Path = pathlib.Path("runs/demo_api"),
     seed: int = 0,

@@ -141,7 +141,10 @@ def test_denoiser_script_quick(tmp_path):
 def test_flops_budget_script_quick(tmp_path):
     out = _load("flops_budget").main(["--quick", "--targets", "0.3", "--out", str(tmp_path)])
     r = out["results"]["0.3"]
-    assert len(r["flops_fraction_per_epoch"]) == len(r["lam_per_epoch"]) == 2
+    # epoch 0 (the sparse start) and the two epochs
+    assert len(r["flops_fraction_per_epoch"]) == len(r["lam_per_epoch"]) == 3
+    assert r["lam_per_epoch"][0] == 0.1  # the configured lam at the start
+    assert 0 < r["flops_fraction_per_epoch"][0] < 1  # the compiled sparse start
     assert 0 < r["final_flops_fraction"] <= 1
     assert r["final_flops_fraction"] == r["flops_fraction_per_epoch"][-1]
     assert abs(r["relative_miss"] - (r["final_flops_fraction"] - 0.3) / 0.3) < 1e-12

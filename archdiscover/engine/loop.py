@@ -212,7 +212,8 @@ def train(
             (default: the non-zero fraction of the regularized parameters). For a FLOPs
             budget pass e.g. ``lambda m: (c := archdiscover.compile(m.eval(), x).report)
             .macs_after / c.macs_before`` (called on rank 0's model on every rank, so it
-            must be deterministic). Its value is logged as ``measured``.
+            must be deterministic). Its value is logged as ``measured`` (for the sparse start
+            too, in epoch 1's ``initial``).
 
     Raises:
         ConfigError: a bad config, or a model that cannot run on the data / give what the
@@ -331,6 +332,12 @@ def _train(
     widths = {r.name: r.units for r in sparsity_report(model).layers if r.units is not None}
     # the sparse start, logged with epoch 1 so that plots can draw the path from epoch 0
     initial = None if start else _sparsity(model, count_units)
+    if initial is not None:
+        lams0 = [g["reg"].lam for g in opt.param_groups if "reg" in g and not g["reg"].is_null]
+        initial["lam"] = lams0[0] if lams0 else None
+        if measure is not None:  # e.g. the FLOPs of the sparse start
+            initial["measured"] = float(measure(model))
+            model.train()
     last: dict[str, Any] = last_record(run_dir / "log.jsonl", start)
     n = len(xs)
     first_loss: float | None = None

@@ -2,7 +2,9 @@
 the dense FLOPs; prints JSON, writes a PNG.
 
 The Table 2 setting of ``convnet_mnist5k.py`` (kernel and neuron groups, LinBreg with the
-paper's momentum, 10% of the groups at the start, positive biases) on MNIST 5k, with
+paper's momentum, 10% of the groups at the start, positive biases; from Table 2's 1%
+start at lam 0.01 the network jumps to 15% of the FLOPs in the first epoch and the
+scheduler then moves nothing in 20 epochs) on MNIST 5k, with
 ``target_density`` set to the FLOPs target and the engine's ``measure`` hook returning the
 FLOPs fraction of the compiled network (``archdiscover.compile``: dead channels and neurons
 removed, exact) after every epoch. The ``LamScheduler`` divides ``lam`` by 1.5 when the
@@ -32,6 +34,7 @@ from _common import add_data_args, data_keys
 
 import archdiscover as ad
 from archdiscover.engine import TrainConfig, load_split, train
+from archdiscover.plots import epoch_axis, log_axis
 
 CONFIG = dict(
     model="convnet",
@@ -96,9 +99,11 @@ def run(
                 "test_accuracy": log[-1]["val_accuracy"],
                 "params_fraction": final.params_after / final.params_before,
                 "widths": {k: v[1] for k, v in final.layers.items()},
-                "flops_fraction_per_epoch": [r["measured"] for r in log],
-                "lam_per_epoch": [r["lam"] for r in log],
-                "accuracy_per_epoch": [r["val_accuracy"] for r in log],
+                # epoch 0 (the sparse start) first
+                "flops_fraction_per_epoch": [log[0]["initial"]["measured"]]
+                + [r["measured"] for r in log],
+                "lam_per_epoch": [log[0]["initial"]["lam"]] + [r["lam"] for r in log],
+                "accuracy_per_epoch": [r["val_accuracy"] for r in log],  # epochs 1..
                 "seconds": secs,
             }
             print(
@@ -122,31 +127,30 @@ def run(
 
 
 def plot_budget(results: dict[str, dict], path: pathlib.Path) -> pathlib.Path:
+    """FLOPs fraction and ``lam`` per epoch, from epoch 0 (the sparse start)."""
     fig = Figure(figsize=(10, 4.2), dpi=120)
     ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    epochs: list[int] = []
     for k, (name, r) in enumerate(results.items()):
         c = f"C{k}"
         ys = [100 * v for v in r["flops_fraction_per_epoch"]]
-        ax.plot(range(1, len(ys) + 1), ys, color=c, marker=".", label=f"target {float(name):.0%}")
+        epochs = list(range(len(ys)))
+        label = f"target {float(name):.0%}"
+        ax.plot(epochs, ys, color=c, marker=".", label=label)
         ax.axhline(100 * r["target_flops_fraction"], color=c, ls="--", lw=1)
-        ax2.plot(
-            range(1, len(ys) + 1),
-            r["lam_per_epoch"],
-            color=c,
-            marker=".",
-            label=f"target {float(name):.0%}",
-        )
-    ax.set_xlabel("epoch")
+        ax2.plot(epochs, r["lam_per_epoch"], color=c, marker=".", label=label)
+    for a in (ax, ax2):
+        epoch_axis(a, epochs)
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=7)
     ax.set_ylabel("FLOPs of the compiled network (% of dense)")
     ax.set_title("FLOPs per epoch (dashed: target)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    top = max(max(100 * v for v in r["flops_fraction_per_epoch"]) for r in results.values())
+    ax.set_ylim(0, 1.1 * max(top, *(100 * r["target_flops_fraction"] for r in results.values())))
     ax2.set_yscale("log")
-    ax2.set_xlabel("epoch")
+    log_axis(ax2)
     ax2.set_ylabel("lam (log scale)")
     ax2.set_title("regularization strength set by the LamScheduler")
-    ax2.grid(True, which="both", alpha=0.3)
-    ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     return path
