@@ -171,7 +171,7 @@ def test_scripts_read_a_users_full_dataset(tmp_path):
     )
     assert out["config"]["dataset"] == "mnist"
     assert out["config"]["data_dir"] == str(tmp_path / "data")
-    assert len(out["results"]["0.3"]["flops_fraction_per_epoch"]) == 2
+    assert len(out["results"]["0.3"]["flops_fraction_per_epoch"]) == 3  # epoch 0 and 2 epochs
 
 
 def test_scripts_name_the_missing_dataset(tmp_path, monkeypatch):
