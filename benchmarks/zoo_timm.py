@@ -14,6 +14,7 @@ size. Needs timm (``pip install --no-deps timm==1.0.31`` next to torchvision, se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import pathlib
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     zoo.limit_memory()
     try:
         zoo.import_torchvision()
-        import timm
+        with contextlib.redirect_stdout(sys.stderr):  # huggingface_hub prints on import
+            import timm
     except Exception as e:
         print(json.dumps({"skipped": f"timm is not importable: {e}"}))
         return 0
