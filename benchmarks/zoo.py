@@ -162,19 +162,26 @@ def build(tv: Any, name: str, quick: bool) -> tuple[nn.Module, torch.Tensor]:
         warnings.simplefilter("ignore")
         model = tv.get_model(name, weights=None, **kw)
     gen = torch.Generator().manual_seed(1)
+    trained_looking(model, gen)
+    x = torch.randn(2, 3, size, size, generator=gen)
+    return model.eval(), x
+
+
+def trained_looking(model: nn.Module, gen: torch.Generator) -> None:
+    """Give a freshly built model's affine BatchNorms trained-looking statistics and scales,
+    and every all-zero parameter (heads, class tokens, layer scales) small random values, so
+    that outputs are not trivially zero (in place, from ``gen``)."""
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
                 n = m.num_features
                 m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
                 m.bias.copy_(0.1 * torch.randn(n, generator=gen))
                 m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
                 m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
         for p in model.parameters():
-            if not p.any():  # zero-initialized heads, class tokens, layer scales
+            if not p.any():
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-    x = torch.randn(2, 3, size, size, generator=gen)
-    return model.eval(), x
 
 
 def zero_groups(model: nn.Module, groups: list[ad.ChannelGroup], filters_only: bool) -> None:
@@ -416,21 +423,20 @@ def run_tp_own(base: nn.Module, x: torch.Tensor, total: int, seed: int) -> dict[
 
 
 # ---------------------------------------------------------------------------------------------
-def run_model(tv: Any, name: str, quick: bool, seed: int) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    base, x = build(tv, name, quick)
-    rec: dict[str, Any] = {
-        "model": name,
-        "input": list(x.shape),
-        "params": sum(p.numel() for p in base.parameters()),
-    }
+def structure(
+    base: nn.Module, x: torch.Tensor, seed: int, rec: dict[str, Any]
+) -> tuple[list[ad.ChannelGroup], int, int] | None:
+    """Trace ``base`` and record what the tracer found in ``rec`` (tracer, groups, removable
+    fraction, what blocks); pick half of the groups to zero (seeded). Returns the chosen
+    groups, their output channels and all output channels, or None (``rec`` says why) when
+    the model cannot be traced."""
     t = time.perf_counter()
     try:
         g = trace(base, x)
     except Exception as e:
         rec["traceable"] = False
         rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-        return rec
+        return None
     rec["traceable"] = True
     rec["tracer"] = g.tracer
     rec["trace_seconds"] = round(time.perf_counter() - t, 2)
@@ -448,13 +454,27 @@ def run_model(tv: Any, name: str, quick: bool, seed: int) -> dict[str, Any]:
     del g
     chosen = random.Random(seed).sample(groups, len(groups) // 2)
     widths = producer_widths(base)
-    zeroed = 0
-    for grp in chosen:  # output channels in the zeroed groups
-        zeroed += sum(
-            len(s.index)
-            for s in grp.slices
-            if s.role == "out" and s.module in widths and s.param in ("weight", "in_proj_weight")
-        )
+    zeroed = sum(  # output channels in the zeroed groups
+        len(s.index)
+        for grp in chosen
+        for s in grp.slices
+        if s.role == "out" and s.module in widths and s.param in ("weight", "in_proj_weight")
+    )
+    return chosen, zeroed, total
+
+
+def run_model(tv: Any, name: str, quick: bool, seed: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    base, x = build(tv, name, quick)
+    rec: dict[str, Any] = {
+        "model": name,
+        "input": list(x.shape),
+        "params": sum(p.numel() for p in base.parameters()),
+    }
+    found = structure(base, x, seed, rec)
+    if found is None:
+        return rec
+    chosen, zeroed, total = found
     rec["zeroed_fraction"] = round(zeroed / total, 4)
     for variant, filters_only in (("filters+bn", False), ("filters", True)):
         model = copy.deepcopy(base)

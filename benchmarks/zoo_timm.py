@@ -18,7 +18,6 @@ import contextlib
 import copy
 import json
 import pathlib
-import random
 import sys
 import time
 import warnings
@@ -57,17 +56,7 @@ def build(timm: Any, name: str) -> tuple[nn.Module, torch.Tensor]:
             model = timm.create_model(name, pretrained=False).eval()
             size = int(model.default_cfg.get("input_size", (3, 224, 224))[-1])
     gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    zoo.trained_looking(model, gen)
     return model, torch.randn(2, 3, size, size, generator=gen)
 
 
@@ -80,32 +69,10 @@ def run_model(timm: Any, name: str, seed: int) -> dict[str, Any]:
         rec["error"] = f"cannot build: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         return rec
     rec["input"] = list(x.shape)
-    try:
-        g = zoo.trace(base, x)
-    except Exception as e:
-        rec.update(traceable=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+    found = zoo.structure(base, x, seed, rec)
+    if found is None:
         return rec
-    groups = zoo.groups_of(g)
-    total = zoo.out_channels(base)
-    removable = sum(
-        int(lab) not in g.frozen for mod in g.producer_modules() for lab in g.out_labels(mod)
-    )
-    rec.update(
-        traceable=True,
-        tracer=g.tracer,
-        groups=len(groups),
-        removable_fraction=round(removable / total, 4),
-        unsupported=sorted({why for _, _, why in g.unsupported})[:6],
-    )
-    del g
-    chosen = random.Random(seed).sample(groups, len(groups) // 2)
-    widths = zoo.producer_widths(base)
-    zeroed = sum(
-        len(s.index)
-        for grp in chosen
-        for s in grp.slices
-        if s.role == "out" and s.module in widths and s.param in ("weight", "in_proj_weight")
-    )
+    chosen, zeroed, total = found
     model = copy.deepcopy(base)
     zoo.zero_groups(model, chosen, False)
     rec["archdiscover"] = zoo.run_ours(model, x, zeroed, total, True)

@@ -55,11 +55,11 @@ def _kept_sizes(g: ChannelGraph, node: str, remove: np.ndarray) -> tuple[int, ..
 
 
 def _new_shape_args(
-    node: torch.fx.Node, new: dict[int, int], n_out: int
+    node: torch.fx.Node, new: dict[int, int], n_out: int, literal: bool = False
 ) -> list[tuple[str, int, int]]:
     """Rewrite the size arguments of a reshape / view / expand: ``new`` maps output dims to
-    their new sizes (a literal becomes the new size, a computed size ``-1``). Returns
-    ``(kind, dim, value)`` per rewritten dim."""
+    their new sizes (a literal becomes the new size, a computed size ``-1``, or with
+    ``literal`` the new size too). Returns ``(kind, dim, value)`` per rewritten dim."""
     args = list(node.args)
     in_kwargs = node.op == "call_function" and node.target is torch.reshape and len(args) < 2
     if in_kwargs:
@@ -84,7 +84,7 @@ def _new_shape_args(
     for d, v in new.items():
         cur = flat[d]
         if isinstance(cur, torch.fx.Node):
-            flat[d] = -1
+            flat[d] = v if literal else -1
             done.append(("node", d, v))
         elif isinstance(cur, int) and cur != -1:
             flat[d] = v
@@ -169,24 +169,6 @@ def _stale_computed(
     return out
 
 
-def _set_literal(node: torch.fx.Node, d: int, v: int) -> None:
-    """Put the literal ``v`` as the size of output dim ``d`` of a reshape / view."""
-    args = list(node.args)
-    in_kwargs = node.op == "call_function" and node.target is torch.reshape and len(args) < 2
-    if in_kwargs:
-        flat = list(node.kwargs["shape"])
-        flat[d] = v
-        node.kwargs = {**node.kwargs, "shape": tuple(flat)}
-    elif len(args) == 2 and isinstance(args[1], (list, tuple)):
-        flat = list(args[1])
-        flat[d] = v
-        node.args = (args[0], type(args[1])(flat))
-    else:
-        flat = args[1:]
-        flat[d] = v
-        node.args = (args[0], *flat)
-
-
 def rewrite_sizes(g: ChannelGraph, remove: set[int]) -> dict[str, list[tuple[int, int]]]:
     """Put the new widths into the size arguments of ``g.gm``'s nodes after ``remove``
     went; returns, per rewritten node, ``(old, new)`` per changed literal."""
@@ -195,7 +177,6 @@ def rewrite_sizes(g: ChannelGraph, remove: set[int]) -> dict[str, list[tuple[int
     rem = np.array(sorted(remove))
     nodes = {n.name: n for n in g.gm.graph.nodes}
     changed: dict[str, list[tuple[int, int]]] = {}
-    stale = False
     for name, entries in g.sizes.items():
         node = nodes.get(name)
         if node is None:  # dropped with a zero branch
@@ -206,9 +187,9 @@ def rewrite_sizes(g: ChannelGraph, remove: set[int]) -> dict[str, list[tuple[int
                 old = g.shapes[name]
                 if new is None or old is None:
                     continue
-                for d, v in _stale_computed(g, refs, new, axes, rem).items():
-                    _set_literal(node, d, v)
-                    stale = True
+                stale = _stale_computed(g, refs, new, axes, rem)
+                if stale:
+                    _new_shape_args(node, stale, len(old), literal=True)
                 if new == old:
                     continue
                 diff = {d: v for d, (o, v) in enumerate(zip(old, new, strict=True)) if o != v}
@@ -255,7 +236,7 @@ def rewrite_sizes(g: ChannelGraph, remove: set[int]) -> dict[str, list[tuple[int
                 changed.setdefault(name, []).append(
                     (int(refs if kind == "split_size" else sum(refs)), int(sum(sizes)))
                 )
-    if changed or stale or any(k == "shape" for e in g.sizes.values() for k, *_ in e):
+    if changed or any(k == "shape" for e in g.sizes.values() for k, *_ in e):
         g.gm.recompile()
     return changed
 

@@ -333,8 +333,7 @@ def _train(
     # the sparse start, logged with epoch 1 so that plots can draw the path from epoch 0
     initial = None if start else _sparsity(model, count_units)
     if initial is not None:
-        lams0 = [g["reg"].lam for g in opt.param_groups if "reg" in g and not g["reg"].is_null]
-        initial["lam"] = lams0[0] if lams0 else None
+        initial["lam"] = _first_lam(opt)
         if measure is not None:  # e.g. the FLOPs of the sparse start
             initial["measured"] = float(measure(model))
             model.train()
@@ -399,7 +398,6 @@ def _train(
             model.train()
         if lam_sched is not None:
             lam_sched.step(measured)
-        lams = [g["reg"].lam for g in opt.param_groups if "reg" in g and not g["reg"].is_null]
         record = {
             "epoch": epoch,
             "train_loss": float(total) / count,
@@ -408,7 +406,7 @@ def _train(
             **sparsity,
             "widths": widths,
             "unit_density": sum(units.values()) / max(1, sum(widths.get(k, 0) for k in units)),
-            "lam": lams[0] if lams else None,
+            "lam": _first_lam(opt),
             **({"measured": measured} if measured is not None else {}),
             "lr": float(opt.param_groups[0]["lr"]),
             "seconds": time.perf_counter() - t0,
@@ -476,6 +474,12 @@ def _degradation(cfg: TrainConfig) -> Callable[[Tensor], Tensor]:
     if cfg.task == "deblurring":
         return lambda x: _data.gaussian_blur(x, cfg.blur_kernel, cfg.blur_sigma)
     return lambda x: x
+
+
+def _first_lam(opt: torch.optim.Optimizer) -> float | None:
+    """The ``lam`` of the first regularized param group (what the log reports)."""
+    lams = [g["reg"].lam for g in opt.param_groups if "reg" in g and not g["reg"].is_null]
+    return lams[0] if lams else None
 
 
 def _sparsity(model: nn.Module, count_units: Callable[[nn.Module], dict] | None = None) -> dict:
