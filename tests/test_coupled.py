@@ -245,3 +245,42 @@ def test_state_dict_round_trip_with_coupled_groups(tmp_path):
     run(m2, opt2, 3)
     for (k, a), b in zip(m.state_dict().items(), m2.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_delta_sets_how_far_an_entered_batchnorm_scale_moves_per_step():
+    """``delta`` goes on the coupled group only; it leaves the start a fixed point and
+    multiplies an active BatchNorm scale's AdaBreg step by about ``delta``."""
+    with pytest.raises(ValueError, match="delta must be > 0"):
+        coupled_param_groups(Small(), X, lam=0.1, delta=0.0)
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(2))
+    steps = {}
+    for delta in (None, 10.0):
+        torch.manual_seed(0)
+        m = Small()
+        pg = coupled_param_groups(m, X, lam=0.01, delta=delta)
+        assert ("delta" in pg[0]) == (delta is not None) and "delta" not in pg[1]
+        opt = ad.AdaBreg(pg, lr=1e-3)
+        ad.sparse_init_(m, 0.5, reg=opt, generator=torch.Generator().manual_seed(0))
+        assert opt.param_groups[0]["delta"] == (delta or 1.0)
+        before = m.b2.weight.detach().clone()
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+        live = before != 0
+        assert live.any() and (~live).any()
+        steps[delta] = (m.b2.weight.detach() - before)[live].abs()
+    ratio = steps[10.0] / steps[None]
+    assert ratio.min() > 5 and ratio.max() < 20, ratio
+
+
+def test_engine_passes_coupled_delta_to_the_coupled_group():
+    from archdiscover.engine import ConfigError, TrainConfig
+    from archdiscover.engine.recipes import param_groups
+
+    with pytest.raises(ConfigError, match="coupled_delta must be > 0"):
+        TrainConfig(coupled_delta=-1.0).validate()
+    cfg = TrainConfig(regularizer="coupled", lam=0.1, coupled_delta=10.0)
+    pg = param_groups(Small(), cfg, X)
+    assert pg[0]["name"] == "coupled" and pg[0]["delta"] == 10.0
+    assert all("delta" not in g for g in pg[1:])
+    assert "delta" not in param_groups(Small(), TrainConfig(regularizer="coupled"), X)[0]

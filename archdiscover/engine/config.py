@@ -72,7 +72,10 @@ class TrainConfig:
             (it makes the model's output) gets entry-wise L1 instead: switching off one of
             its output units would only switch off an output. Gates of gated connections
             (scalar parameters scaling a whole tensor) get ``L1(gate_lam)`` in a group of
-            their own (``gate_lam`` unset: ``lam``).
+            their own (``gate_lam`` unset: ``lam``). ``coupled_delta``: the Bregman
+            ``delta`` of the coupled group (unset: the optimizer's 1; see
+            :func:`archdiscover.coupled_param_groups`: 10 lets a BatchNorm scale that enters
+            late reach its natural size under AdaBreg).
         init_density: fraction of weights / units kept by the sparse initialization
             (1.0 = a dense Kaiming start).
         bias_init: biases at the sparse initialization: ``zero``, ``keep`` (torch's
@@ -109,6 +112,7 @@ class TrainConfig:
     regularizer: str = "l1"
     lam: float = 0.03
     gate_lam: float | None = None
+    coupled_delta: float | None = None
     init_density: float = 0.01
     bias_init: str = "auto"
     target_density: float | None = None
@@ -201,6 +205,10 @@ class TrainConfig:
         need(
             self.gate_lam is None or self.gate_lam >= 0,
             f"gate_lam must be >= 0, got {self.gate_lam}",
+        )
+        need(
+            self.coupled_delta is None or self.coupled_delta > 0,
+            f"coupled_delta must be > 0, got {self.coupled_delta}",
         )
         need(
             self.blur_kernel >= 1 and self.blur_kernel % 2 == 1,

@@ -87,7 +87,7 @@ def _recipe_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[
             if cfg.regularizer == "coupled_weights"
             else {}
         )
-        return coupled_param_groups(model, example, cfg.lam, **kw)
+        return coupled_param_groups(model, example, cfg.lam, delta=cfg.coupled_delta, **kw)
     lam = cfg.lam
     if cfg.regularizer == "none":
         return [{"params": list(model.parameters()), "reg": Null(), "name": "all"}]
