@@ -9,11 +9,15 @@ PSNR in dB on the held-out images (output clipped to ``[0, 1]``), FLOPs per test
 Three networks, each trained for the same epochs on the same patches:
 
 * **dense**: the DnCNN supernet (``models.dncnn``: Conv+ReLU, ``depth - 2`` x
-  Conv+BN+ReLU, Conv; residual learning), Adam, cosine learning rate;
+  Conv+BN+ReLU, Conv; residual learning), Adam, cosine learning rate, with the discovered
+  net's step sizes (:func:`same_steps`: the BatchNorm and first-conv tensors at ``delta *
+  lr``);
 * **discovered**: the same supernet with the default Bregman recipe
   (``coupled_param_groups`` + ``AdaBreg`` + ``sparse_init_`` from ``--density`` of each
   layer's channels: the channels' BatchNorm scale and shift, the first layer's filters and
-  biases are the groups), then compiled (dead channels removed, exact);
+  biases are the groups; ``--delta``, default 10, the coupled group's Bregman ``delta``, so
+  a BatchNorm scale that enters late can still grow to its natural size 1 in the short
+  run), then compiled (dead channels removed, exact);
 * **uniform**: a DnCNN whose hidden layers all have the one width whose FLOPs are closest
   to the discovered network's, trained like the dense one (Adam, from a dense start);
 * and, to judge the shape itself, the **discovered widths retrained** from scratch (Adam).
@@ -147,6 +151,16 @@ def train(
     return time.perf_counter() - t0
 
 
+def same_steps(model: nn.Module, example: Tensor, lr: float, delta: float) -> list[dict]:
+    """Adam param groups with the discovered net's step sizes: the tensors of the coupled
+    group (BatchNorm scales and shifts, the first conv) at ``lr * delta``, the rest at
+    ``lr``. AdaBreg's ``theta = delta * shrink(v)`` with Adam steps on ``v`` moves an active
+    parameter by ``delta * lr``-sized steps, so the dense baselines are trained the same way:
+    only the sparsity differs, not the optimizer."""
+    coupled, rest = coupled_param_groups(model, example, lam=0.0)
+    return [{"params": coupled["params"], "lr": lr * delta}, {"params": rest["params"], "lr": lr}]
+
+
 def flops(model: nn.Module, example: Tensor) -> int:
     """FLOPs (2 x multiply-accumulates) of one forward pass on ``example`` (one image)."""
     import torch_pruning as tp
@@ -187,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def dense_run(name: str, **model_args: Any) -> nn.Module:
         torch.manual_seed(args.seed)
         m = models.build("dncnn", **model_args)
-        opt = torch.optim.Adam(m.parameters(), lr=args.lr)
+        opt = torch.optim.Adam(same_steps(m, example, args.lr, args.delta))
         secs = train(m, opt, patches, args.epochs, args.batch, args.seed, name)
         results[name] = {
             "psnr": test_psnr(m, clean_t, noisy_t),
@@ -202,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # discovery: the default recipe (first: its widths per epoch show at once)
     torch.manual_seed(args.seed)
     sup = models.build("dncnn", **arch)
-    pg = coupled_param_groups(sup, example, lam=args.lam)
+    pg = coupled_param_groups(sup, example, lam=args.lam, delta=args.delta)
     opt = ad.AdaBreg(pg, lr=args.lr)
     ad.sparse_init_(sup, args.density, reg=opt, generator=torch.Generator().manual_seed(args.seed))
     groups = ad.channel_groups(sup, example)
@@ -274,6 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "discovery": {
                 "optimizer": "AdaBreg",
                 "lam": args.lam,
+                "delta": args.delta,
                 "density": args.density,
                 "recipe": "coupled_param_groups (auto) + sparse_init_",
             },
@@ -357,8 +372,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--train-images", type=int, default=len(TRAIN_IMAGES))
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lam", type=float, default=0.015)
+    ap.add_argument("--lam", type=float, default=0.01)
     ap.add_argument("--density", type=float, default=0.05)
+    ap.add_argument("--delta", type=float, default=10.0, help="the coupled group's delta")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
     args = ap.parse_args(argv)
