@@ -97,7 +97,7 @@ def test_skip_autoencoder_script_quick(tmp_path):
 
 def test_resnet_vs_torch_pruning_script_quick(tmp_path):
     out = _load("resnet_vs_torch_pruning").main(["--quick", "--out", str(tmp_path)])
-    ours = out["results"]["archdiscover (LinBreg, coupled groups, compiled)"]
+    ours = out["results"]["archdiscover (coupled groups, compiled)"]
     theirs = out["results"]["Torch-Pruning (MetaPruner, group magnitude) + fine-tune"]
     assert ours["max_rel_error"] < 1e-4
     assert ours["params_compact"] < ours["params_dense"] == theirs["params_dense"]

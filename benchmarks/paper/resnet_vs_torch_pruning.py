@@ -6,7 +6,8 @@ zero-padded to 32x32 (4,000 / 1,000 split), batch 64, Adam-type steps, cosine le
 
 * **archdiscover**: the default recipe (``regularizer = "coupled"``: each channel's
   BatchNorm scale and shift is a group, every residual-stream channel one group across its
-  blocks; filters dense and unregularized) with LinBreg (lr 0.1, momentum 0.9) for ``E``
+  blocks; filters dense and unregularized) with LinBreg (lr 0.1, momentum 0.9; or
+  ``--optimizer adabreg``, lr 1e-3, with ``--delta`` the coupled group's delta) for ``E``
   epochs from
   ``--init-density`` of each layer's channels (the rest exactly zero; ReLU's subgradient 1
   at 0 lets them enter); compiled (dead channels removed, exact), exported to ONNX.
@@ -64,6 +65,13 @@ from archdiscover.export import export_onnx
 from archdiscover.graph.ops import producer_widths
 from archdiscover.latency import compare_latency
 
+OURS = "archdiscover (coupled groups, compiled)"
+# the Bregman optimizers' settings: LinBreg as in the paper's ResNet runs; AdaBreg at Adam's lr
+OPTIMIZERS = {
+    "linbreg": {"optimizer": "linbreg", "lr": 0.1, "momentum": 0.9},
+    "adabreg": {"optimizer": "adabreg", "lr": 1e-3},
+}
+
 
 def bregman_config(
     width: float,
@@ -73,6 +81,8 @@ def bregman_config(
     seed: int,
     dataset: str,
     data_dir: str | None = None,
+    optimizer: str = "linbreg",
+    delta: float | None = None,
 ) -> dict:
     cifar = dataset == "cifar10"
     return dict(
@@ -81,10 +91,9 @@ def bregman_config(
         dataset=dataset,
         data_dir=data_dir,
         pad_to=None if cifar else 32,
-        optimizer="linbreg",
-        lr=0.1,
-        momentum=0.9,
+        **OPTIMIZERS[optimizer],
         regularizer="coupled",
+        coupled_delta=delta,
         lam=lam,
         init_density=init_density,
         threads=1,
@@ -205,9 +214,13 @@ def run(
     data_dir: str | None = None,
     ablation_seeds: int = 3,
     ablation_epochs: int | None = None,
+    optimizer: str = "linbreg",
+    delta: float | None = None,
 ) -> dict:
     t_all = time.perf_counter()
-    cfg = bregman_config(width, epochs, init_density, lam, seed, dataset, data_dir)
+    cfg = bregman_config(
+        width, epochs, init_density, lam, seed, dataset, data_dir, optimizer, delta
+    )
     split = load_split(TrainConfig.from_dict(cfg))
     xs, ys = split.train.tensors
     xt, yt = split.test.tensors
@@ -221,7 +234,7 @@ def run(
         _, summary = compile_and_time(
             res.model, example, tmp, quick=quick, name="bregman", batch_sizes=batch_sizes
         )
-        results["archdiscover (LinBreg, coupled groups, compiled)"] = {
+        results[OURS] = {
             "test_accuracy": log[-1]["val_accuracy"],
             "seconds": secs,
             **summary,
@@ -403,7 +416,7 @@ def plot_summary(results: dict[str, dict], path: pathlib.Path, batch_sizes) -> p
     fig = Figure(figsize=(11, 4.5), dpi=120)
     names = list(results)
     short = {
-        "archdiscover (LinBreg, coupled groups, compiled)": "archdiscover",
+        OURS: "archdiscover",
         "archdiscover, widths rounded for speed (round_to='auto')": "archdiscover\nauto-rounded",
         "Torch-Pruning (MetaPruner, group magnitude) + fine-tune": "Torch-Pruning",
     }
@@ -444,6 +457,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--init-density", type=float, default=0.05)
     ap.add_argument("--lam", type=float, default=0.2)
+    ap.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="linbreg")
+    ap.add_argument("--delta", type=float, default=None, help="the coupled group's delta")
     ap.add_argument("--ablation-seeds", type=int, default=3)
     ap.add_argument("--ablation-epochs", type=int, default=None, help="default: --epochs")
     ap.add_argument("--seed", type=int, default=0)
@@ -465,6 +480,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.data_dir,
         args.ablation_seeds,
         args.ablation_epochs,
+        args.optimizer,
+        args.delta,
     )
     print(json.dumps(result, indent=2))
     return result
