@@ -240,7 +240,7 @@ def test_compile_refuses_a_nan_network():
 
 def test_two_trains_on_one_run_directory(tmp_path):
     run = tmp_path / "run"
-    cfg = toml(tmp_path / "c.toml", epochs=2000)
+    cfg = toml(tmp_path / "c.toml", epochs=1_000_000)
     cmd = [sys.executable, "-m", "archdiscover.cli", "train", "--config", str(cfg)]
     cmd += ["--run-dir", str(run), "--quiet"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
@@ -248,7 +248,7 @@ def test_two_trains_on_one_run_directory(tmp_path):
         deadline = time.time() + 120
         while not list((run / "checkpoints").glob("*.pt")) and time.time() < deadline:
             time.sleep(0.1)  # the first one is training
-        other = toml(tmp_path / "other.toml", epochs=2000, lr=0.05)
+        other = toml(tmp_path / "other.toml", epochs=1_000_000, lr=0.05)
         second = subprocess.run(
             [*cmd[:5], str(other), *cmd[6:]], capture_output=True, text=True, env=ENV, timeout=120
         )
