@@ -9,6 +9,7 @@ per tensor). The optimizers see a regularizer with ``joint = True`` and call its
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -117,8 +118,8 @@ def coupled_param_groups(
     rest = [p for p in model.parameters() if id(p) not in chosen]
     out: list[dict[str, Any]] = [{"params": coupled, "reg": reg, "name": "coupled"}]
     if delta is not None:
-        if not delta > 0:
-            raise ValueError(f"coupled_param_groups: delta must be > 0, got {delta}")
+        if not (math.isfinite(delta) and delta > 0):
+            raise ValueError(f"coupled_param_groups: delta must be finite and > 0, got {delta}")
         out[0]["delta"] = float(delta)
     if rest:
         out.append(

@@ -250,8 +250,9 @@ def test_state_dict_round_trip_with_coupled_groups(tmp_path):
 def test_delta_sets_how_far_an_entered_batchnorm_scale_moves_per_step():
     """``delta`` goes on the coupled group only; it leaves the start a fixed point and
     multiplies an active BatchNorm scale's AdaBreg step by about ``delta``."""
-    with pytest.raises(ValueError, match="delta must be > 0"):
-        coupled_param_groups(Small(), X, lam=0.1, delta=0.0)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="delta must be finite and > 0"):
+            coupled_param_groups(Small(), X, lam=0.1, delta=bad)
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(2))
     steps = {}
