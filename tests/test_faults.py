@@ -243,7 +243,14 @@ def test_two_trains_on_one_run_directory(tmp_path):
     cfg = toml(tmp_path / "c.toml", epochs=1_000_000)
     cmd = [sys.executable, "-m", "archdiscover.cli", "train", "--config", str(cfg)]
     cmd += ["--run-dir", str(run), "--quiet"]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    first = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        # a test run started as a background job inherits SIGINT ignored: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.time() + 120
         while not list((run / "checkpoints").glob("*.pt")) and time.time() < deadline:
