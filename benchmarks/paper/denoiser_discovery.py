@@ -20,7 +20,9 @@ Three networks, each trained for the same epochs on the same patches:
   run), then compiled (dead channels removed, exact);
 * **uniform**: a DnCNN whose hidden layers all have the one width whose FLOPs are closest
   to the discovered network's, trained like the dense one (Adam, from a dense start);
-* and, to judge the shape itself, the **discovered widths retrained** from scratch (Adam).
+* and, to judge the shape itself, the **discovered widths retrained** from scratch (Adam);
+* the dense and the uniform net again with an **identity start** (the last conv's weights
+  zero, so the net starts as ``x - 0``, Fixup-style): a stronger baseline at this budget.
 
     python benchmarks/paper/denoiser_discovery.py            # the full run (see RESULTS.md)
     python benchmarks/paper/denoiser_discovery.py --quick    # seconds: checks the script
@@ -66,6 +68,14 @@ TRAIN_IMAGES = (
     "retina",
 )
 TEST_IMAGES = ("camera", "coins", "moon")
+NAMES = (
+    "dense",
+    "discovered",
+    "uniform",
+    "discovered_retrained",
+    "dense_identity_start",
+    "uniform_identity_start",
+)
 
 
 def grey_images(names: Sequence[str]) -> list[Tensor]:
@@ -198,9 +208,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     arch = {"depth": args.depth, "width": args.width}
     results: dict[str, dict[str, Any]] = {}
 
-    def dense_run(name: str, **model_args: Any) -> nn.Module:
+    def dense_run(name: str, identity_start: bool = False, **model_args: Any) -> nn.Module:
         torch.manual_seed(args.seed)
         m = models.build("dncnn", **model_args)
+        if identity_start:  # the last conv zero: the net starts as the identity x - 0
+            with torch.no_grad():
+                m.body[-1].weight.zero_()
         opt = torch.optim.Adam(same_steps(m, example, args.lr, args.delta))
         secs = train(m, opt, patches, args.epochs, args.batch, args.seed, name)
         results[name] = {
@@ -252,9 +265,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     u = uniform_width(args.depth, results["discovered"]["flops"], example, args.width)
     dense_run("uniform", depth=args.depth, width=u)
     dense_run("discovered_retrained", depth=args.depth, widths=widths)
+    dense_run("dense_identity_start", identity_start=True, **arch)
+    dense_run("uniform_identity_start", identity_start=True, depth=args.depth, width=u)
 
     noisy_psnr = float(psnr(noisy_t.clamp(0, 1), clean_t).mean())
     d, disc, uni = results["dense"], results["discovered"], results["uniform"]
+    di, ui = results["dense_identity_start"], results["uniform_identity_start"]
     summary = {
         "discovered_minus_dense_db": disc["psnr"] - d["psnr"],
         "discovered_minus_uniform_db": disc["psnr"] - uni["psnr"],
@@ -264,6 +280,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             disc["psnr"] >= d["psnr"] - 0.2
             and disc["flops"] <= 0.3 * d["flops"]
             and disc["psnr"] > uni["psnr"]
+        ),
+        # the same target against the baselines started as the identity (last conv zero)
+        "discovered_minus_dense_identity_start_db": disc["psnr"] - di["psnr"],
+        "discovered_minus_uniform_identity_start_db": disc["psnr"] - ui["psnr"],
+        "target_met_vs_identity_start": bool(
+            disc["psnr"] >= di["psnr"] - 0.2
+            and disc["flops"] <= 0.3 * d["flops"]
+            and disc["psnr"] > ui["psnr"]
         ),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -298,6 +322,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "discovered": disc,
         "uniform": uni,
         "discovered_retrained": results["discovered_retrained"],
+        "dense_identity_start": di,
+        "uniform_identity_start": ui,
         "widths": widths,
         "growth": growth,
         "summary": summary,
@@ -341,7 +367,7 @@ def plot_discovery(
     ax.set_title("widths per layer", fontsize=9)
     ax.legend(fontsize=7)
     ax = fig.add_subplot(1, 3, 3)
-    names = ["dense", "discovered", "uniform", "discovered_retrained"]
+    names = [n for n in NAMES if n in results]
     for i, n in enumerate(names):
         r = results[n]
         ax.scatter(100 * r["flops"] / results["dense"]["flops"], r["psnr"], color=f"C{i}", label=n)
