@@ -66,8 +66,7 @@ from archdiscover.plots import plot_architecture
 
 NOISE_PIXEL_STD = 0.05  # of the pixel range [0, 1], as in the paper
 BLUR = {"blur_kernel": 9, "blur_sigma": 5.0}  # the notebook's deblurring task
-NOTEBOOK_LAM = 0.07  # the notebook's row-group strength
-LAM = NOTEBOOK_LAM
+LAM = 0.07  # the notebook's row-group strength
 GATE_FACTOR = 2.0  # gate_lam = GATE_FACTOR * lam
 TASKS = ("denoising", "deblurring")
 
