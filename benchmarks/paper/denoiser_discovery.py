@@ -350,9 +350,12 @@ def plot_discovery(
 ) -> pathlib.Path:
     fig = Figure(figsize=(13, 4.2), dpi=120)
     ax = fig.add_subplot(1, 3, 1)
-    cmap = [f"C{i % 10}" for i in range(len(layers))]
+    from matplotlib import colormaps
+
+    shade = colormaps["viridis"]  # by depth: one distinct colour per layer, input to output
     for i, name in enumerate(layers):
-        ax.plot(range(len(growth)), [g[name] for g in growth], color=cmap[i], lw=1, label=name)
+        color = shade(i / max(1, len(layers) - 1))
+        ax.plot(range(len(growth)), [g[name] for g in growth], color=color, lw=1, label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("active channels")
     ax.set_title("inverse scale space: channels entering", fontsize=9)
