@@ -266,6 +266,27 @@ def test_group_regularizer_keeps_the_output_layer_dense(tmp_path):
     assert int((res.model.layers[3].weight == 0).sum()) == 0
 
 
+def test_linear_lam_sets_the_linear_rows_apart_from_the_conv_kernels():
+    # the paper's code: lamda_0 on the conv kernels, lamda_1 on the Linear rows
+    from archdiscover.engine.recipes import param_groups
+
+    model = ad.models.build("convnet")
+    x = torch.zeros(2, 1, 28, 28)
+    cfg = TrainConfig(model="convnet", regularizer="kernels", lam=0.02, linear_lam=0.5)
+    lams = {g["name"]: getattr(g["reg"], "lam", None) for g in param_groups(model, cfg, x)}
+    assert lams["conv kernels"] == 0.02 and lams["linear rows"] == 0.5
+    cfg = TrainConfig(model="convnet", regularizer="kernels", lam=0.02)  # unset: lam
+    lams = {g["name"]: getattr(g["reg"], "lam", None) for g in param_groups(model, cfg, x)}
+    assert lams["linear rows"] == 0.02
+    cfg = TrainConfig(model="convnet", regularizer="group", lam=0.02, linear_lam=0.5)
+    lams = {g["name"]: getattr(g["reg"], "lam", None) for g in param_groups(model, cfg, x)}
+    assert lams["weights"] == 0.02 and lams["linear rows"] == 0.5
+    with pytest.raises(ConfigError, match="linear_lam must be >= 0"):
+        TrainConfig(regularizer="kernels", linear_lam=-1.0).validate()
+    with pytest.raises(ConfigError, match="not on regularizer 'coupled'"):
+        TrainConfig(regularizer="coupled", linear_lam=0.1).validate()
+
+
 def test_coupled_recipe_logs_active_channels_that_compile_keeps(tmp_path):
     # a BatchNorm net: filters stay dense, the channels are counted on their BN scale/shift
     cfg = {

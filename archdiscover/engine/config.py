@@ -72,7 +72,10 @@ class TrainConfig:
             (it makes the model's output) gets entry-wise L1 instead: switching off one of
             its output units would only switch off an output. Gates of gated connections
             (scalar parameters scaling a whole tensor) get ``L1(gate_lam)`` in a group of
-            their own (``gate_lam`` unset: ``lam``). ``coupled_delta``: the Bregman
+            their own (``gate_lam`` unset: ``lam``). ``linear_lam``: with ``group`` and
+            ``kernels``, the strength on the rows (neurons) of Linear layers (unset:
+            ``lam``), as the paper's code sets the conv and the Linear strengths apart
+            (``lamda_0``, ``lamda_1``). ``coupled_delta``: the Bregman
             ``delta`` of the coupled group (unset: the optimizer's 1; see
             :func:`archdiscover.coupled_param_groups`: 10 lets a BatchNorm scale that enters
             late reach its natural size under AdaBreg).
@@ -112,6 +115,7 @@ class TrainConfig:
     regularizer: str = "l1"
     lam: float = 0.03
     gate_lam: float | None = None
+    linear_lam: float | None = None
     coupled_delta: float | None = None
     init_density: float = 0.01
     bias_init: str = "auto"
@@ -205,6 +209,15 @@ class TrainConfig:
         need(
             self.gate_lam is None or self.gate_lam >= 0,
             f"gate_lam must be >= 0, got {self.gate_lam}",
+        )
+        need(
+            self.linear_lam is None or self.linear_lam >= 0,
+            f"linear_lam must be >= 0, got {self.linear_lam}",
+        )
+        need(
+            self.linear_lam is None or self.regularizer in ("group", "kernels"),
+            f"linear_lam acts on the Linear rows of the group and kernels recipes, "
+            f"not on regularizer {self.regularizer!r}: unset linear_lam",
         )
         need(
             self.coupled_delta is None or self.coupled_delta > 0,

@@ -3,6 +3,8 @@
 * ``l1`` -- entries of every Conv / ConvTranspose / Linear weight;
 * ``group`` -- output units (rows, filters; ``axis=1`` for a ConvTranspose weight);
 * ``kernels`` -- each k x k kernel of a convolution, the rows of a Linear (the paper's Table 2);
+  with ``group`` and ``kernels`` the rows of a Linear take ``linear_lam`` when it is set (the
+  paper's code: ``lamda_0`` on the convs, ``lamda_1`` on the Linear layers), else ``lam``;
 * ``coupled`` -- coupled channel groups (:func:`archdiscover.coupled_param_groups`, the
   default recipe): the BatchNorm scale and shift of every channel that has one (filters
   dense and unregularized), the producing rows and biases of the others;
@@ -89,6 +91,7 @@ def _recipe_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[
         )
         return coupled_param_groups(model, example, cfg.lam, delta=cfg.coupled_delta, **kw)
     lam = cfg.lam
+    lin_lam = lam if cfg.linear_lam is None else cfg.linear_lam
     if cfg.regularizer == "none":
         return [{"params": list(model.parameters()), "reg": Null(), "name": "all"}]
     # output units that cannot be removed (the model's outputs): entries (L1), not rows
@@ -109,16 +112,19 @@ def _recipe_groups(model: nn.Module, cfg: TrainConfig, example: Tensor) -> list[
         elif mname in fixed:  # dense: the hidden units grow through its columns
             put("output weights", Null(), m.weight)
         elif cfg.regularizer == "group":  # output units: rows / filters
-            put(
-                "transposed" if transposed else "weights",
-                GroupL12(lam, axis=1 if transposed else 0),
-                m.weight,
-            )
+            if isinstance(m, nn.Linear) and cfg.linear_lam is not None:
+                put("linear rows", GroupL12(lin_lam, axis=0), m.weight)
+            else:
+                put(
+                    "transposed" if transposed else "weights",
+                    GroupL12(lam, axis=1 if transposed else 0),
+                    m.weight,
+                )
         elif m.weight.dim() > 2:  # kernels: each k x k kernel of a convolution
             name = "transposed kernels" if transposed else "conv kernels"
             put(name, GroupL12.kernels(lam), m.weight)
         else:  # kernels: the rows (neurons) of a Linear
-            put("linear rows", GroupL12(lam, axis=0), m.weight)
+            put("linear rows", GroupL12(lin_lam, axis=0), m.weight)
     groups = [{"params": ps, "reg": reg, "name": name} for name, (reg, ps) in buckets.items()]
     others = [p for p in model.parameters() if id(p) not in seen]
     if others:
