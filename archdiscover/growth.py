@@ -9,7 +9,7 @@ moves, and the inverse scale space can never add it: discovery from a sparse sta
 
 With the subgradient 1 at exactly 0 the loss's gradient reaches the switched-off unit as if
 it were a linear unit at the origin: ``v_g`` accumulates the evidence ``-lr * grad_g``
-and the unit enters once ``||v_g||`` passes its threshold ``delta * lam * sqrt(|g|)``
+and the unit enters once ``||v_g||`` passes its threshold ``lam * sqrt(|g|)``
 (larger ``lam``: later, fewer units). A live unit almost never has a pre-activation of
 exactly 0, so its gradient is what PyTorch computes.
 

@@ -31,6 +31,10 @@ class DnCNN(nn.Module):
         depth: number of conv layers (at least 2).
         width: channels of every hidden layer (ignored when ``widths`` is given).
         widths: the ``depth - 1`` hidden widths, e.g. the ones a discovery run found.
+        zero_init_residual: zero the last conv's weights, so the network starts as the
+            identity ``x - 0`` and learns the noise from there (as torchvision's ResNet flag
+            zeroes each residual branch's last BatchNorm scale; Fixup-style). At a short
+            training budget it is the stronger start (docs/RESULTS.md section 6).
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class DnCNN(nn.Module):
         depth: int = 17,
         width: int = 64,
         widths: Sequence[int] | None = None,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if depth < 2:
@@ -54,6 +59,8 @@ class DnCNN(nn.Module):
         layers.append(nn.Conv2d(ws[-1], channels, 3, padding=1, bias=False))
         self.body = nn.Sequential(*layers)
         self.widths = tuple(ws)
+        if zero_init_residual:
+            nn.init.zeros_(self.body[-1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.body(x)
@@ -66,6 +73,13 @@ def dncnn(
     depth: int = 17,
     width: int = 64,
     widths: Sequence[int] | None = None,
+    zero_init_residual: bool = False,
 ) -> DnCNN:
     """Build a :class:`DnCNN` (the defaults: the paper's 17 layers of 64 channels)."""
-    return DnCNN(channels=channels, depth=depth, width=width, widths=widths)
+    return DnCNN(
+        channels=channels,
+        depth=depth,
+        width=width,
+        widths=widths,
+        zero_init_residual=zero_init_residual,
+    )

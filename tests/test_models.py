@@ -285,3 +285,14 @@ def test_narrow_build_has_supernet_structure(name, kwargs):
     sup, narrow = models.build(name), models.build(name, **kwargs)
     _slice_into(sup, narrow)
     assert _nparams(narrow) < _nparams(sup)
+
+
+def test_dncnn_zero_init_residual_starts_as_the_identity_and_still_learns():
+    torch.manual_seed(0)
+    m = models.build("dncnn", depth=4, width=6, zero_init_residual=True)
+    x = torch.randn(2, 1, 9, 9)
+    assert torch.equal(m(x), x)  # x - 0 exactly
+    assert not torch.equal(models.build("dncnn", depth=4, width=6)(x), x)
+    loss = (m(x) - 0.5 * x).pow(2).mean()
+    loss.backward()
+    assert m.body[-1].weight.grad.abs().sum() > 0  # the zero last conv gets a gradient

@@ -50,7 +50,11 @@ from archdiscover.plots import epoch_axis, layer_growth
 NOISE_PIXEL_STD = 0.05  # of the pixel range [0, 1], as in the paper
 
 
-def settings(quick: bool) -> dict[str, dict]:
+def settings(
+    quick: bool, conv_lam: float = 0.05, conv_delta: float | None = None
+) -> dict[str, dict]:
+    """The two supernets, their discovery runs and baselines (``conv_lam`` / ``conv_delta``:
+    the conv supernet's ``lam`` and ``coupled_delta``)."""
     width = 64 if quick else 784
     return {
         "dense": dict(
@@ -80,7 +84,12 @@ def settings(quick: bool) -> dict[str, dict]:
                 else {"enc_widths": [8, 8], "bottleneck": 8, "dec_widths": [8, 8]},
             ),
             discover=dict(
-                optimizer="adabreg", lr=2e-3, regularizer="coupled", lam=0.05, init_density=0.05
+                optimizer="adabreg",
+                lr=2e-3,
+                regularizer="coupled",
+                lam=conv_lam,
+                init_density=0.05,
+                **({} if conv_delta is None else {"coupled_delta": conv_delta}),
             ),
             baselines={
                 "dense supernet, Adam": dict(optimizer="adam", lr=1e-3, regularizer="none"),
@@ -124,7 +133,12 @@ def quality(model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor) -> dic
 
 
 def run(
-    epochs: dict[str, int], seed: int, quick: bool, out: pathlib.Path, data: dict | None = None
+    epochs: dict[str, int],
+    seed: int,
+    quick: bool,
+    out: pathlib.Path,
+    data: dict | None = None,
+    conv: dict[str, Any] | None = None,
 ) -> dict:
     t_all = time.perf_counter()
     base = {
@@ -146,7 +160,7 @@ def run(
     growth: dict[str, dict[str, list[int]]] = {}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = pathlib.Path(tmp_s)
-        for kind, s in settings(quick).items():
+        for kind, s in settings(quick, **(conv or {})).items():
             if kind not in epochs:  # --supernets
                 continue
             base["epochs"] = epochs[kind]
@@ -274,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=60, help="fully connected supernet")
     ap.add_argument("--conv-epochs", type=int, default=20, help="conv supernet")
     ap.add_argument("--supernets", nargs="+", choices=("dense", "conv"), default=["dense", "conv"])
+    ap.add_argument("--conv-lam", type=float, default=0.05, help="the conv supernet's lam")
+    ap.add_argument("--conv-delta", type=float, default=None, help="its coupled_delta (unset: 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
     add_data_args(ap)
@@ -282,7 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         epochs = {"dense": 1, "conv": 1}
     epochs = {k: v for k, v in epochs.items() if k in args.supernets}
-    result = run(epochs, args.seed, args.quick, args.out, data_keys(args))
+    conv = {"conv_lam": args.conv_lam, "conv_delta": args.conv_delta}
+    result = run(epochs, args.seed, args.quick, args.out, data_keys(args), conv)
     print(json.dumps(result, indent=2))
     return result
 
