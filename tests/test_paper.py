@@ -134,6 +134,8 @@ def test_denoiser_script_quick(tmp_path):
     assert disc["widths"] == disc["active_widths"]  # compiled widths = active channels
     assert out["discovered_retrained"]["flops"] == disc["flops"]
     assert len(out["growth"]) == out["training"]["epochs"] + 1
+    assert out["training"]["start"] == "identity"  # every net starts as x - 0
+    assert out["summary"]["target_met"] in (True, False)
     assert (tmp_path / "denoiser_discovery.json").exists()
     _pngs(out)
 

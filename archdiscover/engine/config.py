@@ -77,8 +77,8 @@ class TrainConfig:
             ``lam``), as the paper's code sets the conv and the Linear strengths apart
             (``lamda_0``, ``lamda_1``). ``coupled_delta``: the Bregman
             ``delta`` of the coupled group (unset: the optimizer's 1; see
-            :func:`archdiscover.coupled_param_groups`: 10 lets a BatchNorm scale that enters
-            late reach its natural size under AdaBreg).
+            :func:`archdiscover.coupled_param_groups`: 10 to 100 let a BatchNorm scale that
+            enters late reach its natural size under AdaBreg).
         init_density: fraction of weights / units kept by the sparse initialization
             (1.0 = a dense Kaiming start).
         bias_init: biases at the sparse initialization: ``zero``, ``keep`` (torch's
