@@ -10,7 +10,7 @@ Each network is trained for the same epochs on the same patches, and every one s
 the identity (``--start identity``, the default: ``models.dncnn(zero_init_residual=True)``,
 the last conv's weights zero, so the net starts as ``x - 0``, Fixup-style; at this budget
 it is the stronger start for dense nets: 30.21 against 25.61 dB from PyTorch's default
-init, see RESULTS.md section 6; ``--start default`` for PyTorch's init):
+init at 8 epochs, see RESULTS.md section 6; ``--start default`` for PyTorch's init):
 
 * **dense**: the DnCNN supernet (``models.dncnn``: Conv+ReLU, ``depth - 2`` x
   Conv+BN+ReLU, Conv; residual learning), Adam, cosine learning rate, the BatchNorm and
@@ -377,14 +377,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="a 4-layer x 8 net, tiny data: seconds")
     ap.add_argument("--depth", type=int, default=17)
     ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--patches", type=int, default=1024, help="training patches per epoch")
     ap.add_argument("--patch-size", type=int, default=24)
     ap.add_argument("--test-size", type=int, default=256, help="centre crop of each test image")
     ap.add_argument("--train-images", type=int, default=len(TRAIN_IMAGES))
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lam", type=float, default=0.009)
+    ap.add_argument("--lam", type=float, default=0.0075)
     ap.add_argument("--density", type=float, default=0.05)
     ap.add_argument("--delta", type=float, default=100.0, help="the coupled group's delta")
     ap.add_argument(
