@@ -272,15 +272,16 @@ def test_linear_lam_sets_the_linear_rows_apart_from_the_conv_kernels():
 
     model = ad.models.build("convnet")
     x = torch.zeros(2, 1, 28, 28)
-    cfg = TrainConfig(model="convnet", regularizer="kernels", lam=0.02, linear_lam=0.5)
-    lams = {g["name"]: getattr(g["reg"], "lam", None) for g in param_groups(model, cfg, x)}
-    assert lams["conv kernels"] == 0.02 and lams["linear rows"] == 0.5
-    cfg = TrainConfig(model="convnet", regularizer="kernels", lam=0.02)  # unset: lam
-    lams = {g["name"]: getattr(g["reg"], "lam", None) for g in param_groups(model, cfg, x)}
-    assert lams["linear rows"] == 0.02
-    cfg = TrainConfig(model="convnet", regularizer="group", lam=0.02, linear_lam=0.5)
-    lams = {g["name"]: getattr(g["reg"], "lam", None) for g in param_groups(model, cfg, x)}
-    assert lams["weights"] == 0.02 and lams["linear rows"] == 0.5
+
+    def lams(**kw):
+        cfg = TrainConfig(model="convnet", lam=0.02, **kw)
+        return {g["name"]: getattr(g["reg"], "lam", None) for g in param_groups(model, cfg, x)}
+
+    got = lams(regularizer="kernels", linear_lam=0.5)
+    assert got["conv kernels"] == 0.02 and got["linear rows"] == 0.5
+    assert lams(regularizer="kernels")["linear rows"] == 0.02  # unset: lam
+    got = lams(regularizer="group", linear_lam=0.5)
+    assert got["weights"] == 0.02 and got["linear rows"] == 0.5
     with pytest.raises(ConfigError, match="linear_lam must be >= 0"):
         TrainConfig(regularizer="kernels", linear_lam=-1.0).validate()
     with pytest.raises(ConfigError, match="not on regularizer 'coupled'"):

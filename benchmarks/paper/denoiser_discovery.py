@@ -15,7 +15,8 @@ init at 8 epochs, see RESULTS.md section 6; ``--start default`` for PyTorch's in
 * **dense**: the DnCNN supernet (``models.dncnn``: Conv+ReLU, ``depth - 2`` x
   Conv+BN+ReLU, Conv; residual learning), Adam, cosine learning rate, the BatchNorm and
   first-conv tensors at ``--baseline-step`` (default 10) times the learning rate
-  (:func:`same_steps`; 10 trained the dense supernet 0.32 dB better than plain Adam here);
+  (:func:`same_steps`; at 8 epochs 10 trained the dense supernet 0.32 dB better than
+  plain Adam);
 * **discovered**: the same supernet with the default Bregman recipe
   (``coupled_param_groups`` + ``AdaBreg`` + ``sparse_init_`` from ``--density`` of each
   layer's channels: the channels' BatchNorm scale and shift, the first layer's filters and
