@@ -73,7 +73,7 @@ def coupled_param_groups(
     few tenths at most in a short run. On the DnCNN benchmark (docs/RESULTS.md section 6,
     AdaBreg) ``delta = 10`` gained 3.3 dB over 1 at the same ``lam`` and half the FLOPs,
     and ``delta = 100`` another 0.4-0.6 dB at less than half the FLOPs again; on the ResNet-20 of
-    section 4, 100 kept the accuracy of 10 with two thirds of the parameters. Under
+    section 4 (6 epochs), 100 kept the accuracy of 10 with two thirds of the parameters. Under
     LinBreg ``v`` moves by ``lr * grad``, so ``theta`` moves by ``delta * lr * grad``: there
     a large ``delta`` is a larger learning rate.
 

@@ -10,8 +10,8 @@ Denoising: the network maps ``x + noise`` to ``x`` (MSE), noise std 0.05 of the 
   (about 8), zero biases (ReLU's subgradient 1 at 0 lets the others enter);
 * **convolutional** (``models.conv_autoencoder``, encoder 32-64, bottleneck 128, decoder
   64-32): the default recipe (each channel's BatchNorm scale and shift is a group, the
-  transposed convs' channels their rows and biases), AdaBreg from 5% of each layer's
-  channels.
+  transposed convs' channels their rows and biases), AdaBreg (lr 2e-3, ``--conv-lam``
+  0.05, the coupled group's ``--conv-delta`` 10) from 5% of each layer's channels.
 
 Each discovered network is compiled (dead units removed, verified exact) and its widths
 are the discovered architecture. It is compared on the test split (PSNR and SSIM in the
@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--conv-epochs", type=int, default=20, help="conv supernet")
     ap.add_argument("--supernets", nargs="+", choices=("dense", "conv"), default=["dense", "conv"])
     ap.add_argument("--conv-lam", type=float, default=0.05, help="the conv supernet's lam")
-    ap.add_argument("--conv-delta", type=float, default=None, help="its coupled_delta (unset: 1)")
+    ap.add_argument(
+        "--conv-delta", type=float, default=10.0, help="its coupled_delta (0: unset, i.e. 1)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("docs/results"))
     add_data_args(ap)
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         epochs = {"dense": 1, "conv": 1}
     epochs = {k: v for k, v in epochs.items() if k in args.supernets}
-    conv = {"conv_lam": args.conv_lam, "conv_delta": args.conv_delta}
+    conv = {"conv_lam": args.conv_lam, "conv_delta": args.conv_delta or None}
     result = run(epochs, args.seed, args.quick, args.out, data_keys(args), conv)
     print(json.dumps(result, indent=2))
     return result
