@@ -113,9 +113,15 @@ def test_resnet_vs_torch_pruning_script_quick(tmp_path):
     # the compiled widths are the channels the training left active (no dead one kept)
     for layer, active in out["active_channels_last_epoch"].items():
         assert 0 <= out["compiled_widths"][layer] - active <= 1, layer
-    # every layer starts from max(1, round(5% of its channels))
+    # every layer starts from max(1, round(4% of its channels))
     start = out["active_channels_per_epoch"][0]
     assert start["stages.0.0.conv1"] == 1 and start["stages.2.0.conv2"] == 3
+    # the per-seed comparison (one seed in --quick) repeats the rows above
+    seeds = out["seeds"]
+    assert seeds["archdiscover (coupled groups, compiled)"]["params"] == [ours["params_compact"]]
+    assert seeds["Torch-Pruning (MetaPruner, group magnitude) + fine-tune"]["test_accuracy"] == [
+        theirs["test_accuracy"]
+    ]
     abl = out["ablation"]
     assert set(abl) == {"discovered widths", "uniform widths"}
     for row in abl.values():
