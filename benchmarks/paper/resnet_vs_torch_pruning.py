@@ -160,19 +160,19 @@ def prune_to(
 
     lo, hi = 0.0, 0.99
     best: tuple[nn.Module, float] | None = None
-    smallest: tuple[nn.Module, float] | None = None  # where no ratio reaches the target
+    smallest: tuple[int, nn.Module, float] | None = None  # where no ratio reaches the target
     for _ in range(12):
         mid = (lo + hi) / 2
         m = pruned(mid)
         n = count_params(m)
-        if smallest is None or n < count_params(smallest[0]):
-            smallest = (m, mid)
+        if smallest is None or n < smallest[0]:
+            smallest = (n, m, mid)
         if n <= target_params:
             best, hi = (m, mid), mid
         else:
             lo = mid
     assert smallest is not None
-    return best if best is not None else smallest
+    return best if best is not None else smallest[1:]
 
 
 def torch_pruning_arm(
@@ -204,6 +204,14 @@ def torch_pruning_arm(
         "params_compact": count_params(pruned),
     }
     return dense.eval(), pruned.eval(), row
+
+
+def add_mean_sd(rows: dict[str, dict]) -> None:
+    """Set ``mean`` and ``sd`` of each row's ``test_accuracy`` list, in place."""
+    for row in rows.values():
+        accs = row["test_accuracy"]
+        row["mean"] = sum(accs) / len(accs)
+        row["sd"] = sd(accs)
 
 
 def narrow_args(widths: dict[str, int], n_blocks: int = 3) -> dict:
@@ -309,7 +317,7 @@ def run(
 
         # Torch-Pruning: dense training, magnitude pruning to the same size, fine-tuning
         dense, pruned, tp_run = torch_pruning_arm(cfg, split, example, target, epochs, seed)
-        dense_onnx = export_onnx(dense.eval(), tmp / "tp_dense.onnx", example)
+        dense_onnx = export_onnx(dense, tmp / "tp_dense.onnx", example)
         pruned_onnx = export_onnx(pruned, tmp / "tp_pruned.onnx", example)
         lat = compare_latency(
             dense_onnx, pruned_onnx, tuple(example.shape[1:]), batch_sizes, **latency_reps(quick)
@@ -330,27 +338,23 @@ def run(
         }
 
         # the comparison repeated on further seeds (accuracy and size only: no latency)
-        per_seed = {
-            OURS: {"seed": [seed], "test_accuracy": [results[OURS]["test_accuracy"]],
-                   "params": [target]},
-            TP: {"seed": [seed], "test_accuracy": [tp_run["test_accuracy"]],
-                 "params": [tp_run["params_compact"]]},
-        }  # fmt: skip
+        per_seed: dict[str, dict] = {OURS: {}, TP: {}}
+        runs = [(seed, results[OURS]["test_accuracy"], target, tp_run)]
         for k in range(1, seeds):
             s_cfg = {**cfg, "seed": seed + 100 * k}
             s_res, s_log, _ = train_run(s_cfg, tmp, f"bregman-seed-{s_cfg['seed']}")
             s_params = ad.compile(s_res.model.cpu().eval(), example).report.params_after
             *_, s_tp = torch_pruning_arm(s_cfg, split, example, s_params, epochs, s_cfg["seed"])
-            for name, acc, n in (
-                (OURS, s_log[-1]["val_accuracy"], s_params),
-                (TP, s_tp["test_accuracy"], s_tp["params_compact"]),
+            runs.append((s_cfg["seed"], s_log[-1]["val_accuracy"], s_params, s_tp))
+        for s_seed, acc, n, tp_row in runs:
+            for name, a, m in (
+                (OURS, acc, n),
+                (TP, tp_row["test_accuracy"], tp_row["params_compact"]),
             ):
-                per_seed[name]["seed"].append(s_cfg["seed"])
-                per_seed[name]["test_accuracy"].append(acc)
-                per_seed[name]["params"].append(n)
-        for row in per_seed.values():
-            row["mean"] = sum(row["test_accuracy"]) / len(row["test_accuracy"])
-            row["sd"] = sd(row["test_accuracy"])
+                per_seed[name].setdefault("seed", []).append(s_seed)
+                per_seed[name].setdefault("test_accuracy", []).append(a)
+                per_seed[name].setdefault("params", []).append(m)
+        add_mean_sd(per_seed)
 
         # ablation: the discovered widths from scratch against uniform widths, same params
         base = {**cfg, "optimizer": "adam", "lr": 2e-3, "regularizer": "none", "init_density": 1.0}
@@ -368,10 +372,7 @@ def run(
                 ablation[name].setdefault("test_accuracy", []).append(alog[-1]["val_accuracy"])
                 ablation[name]["params"] = count_params(ares.model)
                 ablation[name].setdefault("seconds", []).append(asecs)
-        for row in ablation.values():
-            accs = row["test_accuracy"]
-            row["mean"] = sum(accs) / len(accs)
-            row["sd"] = sd(accs)
+        add_mean_sd(ablation)
         ablation["uniform widths"]["width_multiplier"] = mult
         ablation["discovered widths"]["model_args"] = nargs
     out.mkdir(parents=True, exist_ok=True)
