@@ -33,11 +33,13 @@ def sparse_init_(
     bias: str = "zero",
     generator: torch.Generator | None = None,
     grow: bool = True,
+    min_units: int = 1,
 ) -> nn.Module:
     r"""Re-initialize the weights of ``model``'s Linear/Conv/ConvTranspose layers sparsely.
 
     Each weight ``W`` (fan-in ``n``) becomes ``M * N(0, gain^2 / (n * k))``, where the
-    mask ``M`` keeps ``max(1, round(density * n_groups))`` random groups of the regularizer
+    mask ``M`` keeps ``max(min_units, round(density * n_groups))`` random groups (at most
+    all of them) of the regularizer
     that acts on ``W``: single entries for :class:`~archdiscover.regularizers.L1`, rows /
     channels / kernels for :class:`~archdiscover.regularizers.GroupL12`, and ``k`` is the
     kept fraction of a unit's inputs: the kept fraction of ``W`` for entries and kernels (a
@@ -51,10 +53,11 @@ def sparse_init_(
     Coupled channel groups (a :class:`~archdiscover.regularizers.CoupledGroupL12` param
     group, from :func:`archdiscover.coupled_param_groups`) are drawn *per layer*: the groups
     that live in the same tensors (one conv's channels, one residual stream's channels
-    across its blocks) form a layer, and each layer keeps ``max(1, round(density * n))`` of
-    its ``n`` groups, so every layer starts with at least one channel and with the density
-    asked. In the other groups every regularized slice (BatchNorm scale and shift, or rows
-    and biases) is set exactly to zero; unregularized filters get the dense Kaiming init.
+    across its blocks) form a layer, and each layer keeps
+    ``max(min_units, round(density * n))`` of its ``n`` groups, so every layer starts with
+    at least ``min_units`` channels (one by default) and with the density asked. In the other
+    groups every regularized slice (BatchNorm scale and shift, or rows and biases) is set
+    exactly to zero; unregularized filters get the dense Kaiming init.
 
     Args:
         model: the network; modified in place and returned.
@@ -78,6 +81,10 @@ def sparse_init_(
             zero BatchNorm scale and shift: a pre-activation of exactly 0) still see their
             gradient and the Bregman iteration can add them. ``False`` leaves PyTorch's
             ``relu'(0) = 0``, under which a unit that starts exactly zero never enters.
+        min_units: the fewest groups any layer (any weight) keeps, ``>= 1`` (capped at the
+            layer's size). At a small ``density`` a narrow layer keeps 1 unit, and a
+            network that has to grow through one-channel layers trains worse (ResNet-20
+            x1 in docs/RESULTS.md section 4).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 10))
@@ -87,6 +94,8 @@ def sparse_init_(
     """
     if not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
         raise ValueError(f"sparse_init_: density must be in (0, 1], got {density!r}")
+    if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
+        raise ValueError(f"sparse_init_: min_units must be an integer >= 1, got {min_units!r}")
     if bias not in BIAS_INITS:
         raise ValueError(f"sparse_init_: bias must be one of {BIAS_INITS}, got {bias!r}")
     if isinstance(reg, Mapping):
@@ -100,7 +109,9 @@ def sparse_init_(
         for group in reg.param_groups:
             group_reg = group.get("reg")
             if getattr(group_reg, "joint", False):
-                joint_masks.update(_joint_masks(group["params"], group_reg, density, generator))
+                joint_masks.update(
+                    _joint_masks(group["params"], group_reg, density, generator, min_units)
+                )
                 continue
             for p in group["params"]:
                 if isinstance(group_reg, Regularizer):
@@ -129,7 +140,7 @@ def sparse_init_(
             elif r is None:
                 continue
             else:
-                mask = r.group_mask(w.shape, density, generator)
+                mask = r.group_mask(w.shape, density, generator, min_units)
             kept = _input_keep(module, mask)
             std = gain / math.sqrt(ops.fan_in(module) * kept)
             values = torch.randn(w.shape, generator=generator, dtype=w.dtype) * std
@@ -163,9 +174,14 @@ def _input_keep(module: nn.Module, mask: Tensor) -> float:
 
 
 def _joint_masks(
-    params: list[Tensor], reg: Regularizer, density: float, generator: torch.Generator | None
+    params: list[Tensor],
+    reg: Regularizer,
+    density: float,
+    generator: torch.Generator | None,
+    min_units: int = 1,
 ) -> dict[Tensor, Tensor]:
-    """Per layer, keep ``max(1, round(density * n))`` of its ``n`` coupled groups at random:
+    """Per layer, keep ``max(min_units, round(density * n))`` of its ``n`` coupled groups
+    (at most ``n``) at random:
     a mask per tensor, shaped to broadcast along the tensor's group dim (slices in no group
     are kept). A *layer* is the set of groups that live in the same tensors (one conv's
     channels; one residual stream's channels across its blocks)."""
@@ -180,7 +196,7 @@ def _joint_masks(
         layers.setdefault(tuple(where[j]), []).append(j)
     keep = torch.zeros(n + 1, dtype=torch.bool)
     for members in layers.values():
-        k = min(len(members), max(1, round(density * len(members))))
+        k = min(len(members), max(min_units, round(density * len(members))))
         pick = torch.randperm(len(members), generator=generator)[:k]
         keep[torch.tensor(members)[pick]] = True
     keep[n] = True

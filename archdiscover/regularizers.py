@@ -71,14 +71,18 @@ class Regularizer:
         return self.lam == 0.0
 
     def group_mask(
-        self, shape: torch.Size, density: float, generator: torch.Generator | None = None
+        self,
+        shape: torch.Size,
+        density: float,
+        generator: torch.Generator | None = None,
+        min_groups: int = 1,
     ) -> Tensor:
         """A boolean mask of ``shape`` keeping a random ``density`` fraction of the groups.
 
-        The number of kept groups is ``max(1, round(density * n_groups))``; used by
-        :func:`archdiscover.init.sparse_init_`.
+        The number of kept groups is ``max(min_groups, round(density * n_groups))`` (at most
+        ``n_groups``); used by :func:`archdiscover.init.sparse_init_`.
         """
-        return _random_mask(shape, (), density, generator)
+        return _random_mask(shape, (), density, generator, min_groups)
 
     def with_lam(self, lam: float) -> Regularizer:
         """A copy of this regularizer with strength ``lam``."""
@@ -131,7 +135,11 @@ class Null(Regularizer):
         return torch.zeros_like(x)
 
     def group_mask(
-        self, shape: torch.Size, density: float, generator: torch.Generator | None = None
+        self,
+        shape: torch.Size,
+        density: float,
+        generator: torch.Generator | None = None,
+        min_groups: int = 1,
     ) -> Tensor:
         return torch.ones(shape, dtype=torch.bool)
 
@@ -234,13 +242,17 @@ class GroupL12(Regularizer):
         )
 
     def group_mask(
-        self, shape: torch.Size, density: float, generator: torch.Generator | None = None
+        self,
+        shape: torch.Size,
+        density: float,
+        generator: torch.Generator | None = None,
+        min_groups: int = 1,
     ) -> Tensor:
         if len(shape) <= self.axis[-1]:
             raise ValueError(
                 f"GroupL12(axis={self.axis}) cannot group a tensor of shape {tuple(shape)}"
             )
-        return _random_mask(shape, self.axis, density, generator)
+        return _random_mask(shape, self.axis, density, generator, min_groups)
 
 
 class CoupledGroupL12(Regularizer):
@@ -305,7 +317,11 @@ class CoupledGroupL12(Regularizer):
     __call__ = prox = subgradient = _single  # type: ignore[assignment]
 
     def group_mask(
-        self, shape: torch.Size, density: float, generator: torch.Generator | None = None
+        self,
+        shape: torch.Size,
+        density: float,
+        generator: torch.Generator | None = None,
+        min_groups: int = 1,
     ) -> Tensor:
         raise TypeError("CoupledGroupL12 masks are drawn per param group by sparse_init_")
 
@@ -423,14 +439,19 @@ def group_shrink(
 
 
 def _random_mask(
-    shape: torch.Size, axis: tuple[int, ...], density: float, generator: torch.Generator | None
+    shape: torch.Size,
+    axis: tuple[int, ...],
+    density: float,
+    generator: torch.Generator | None,
+    min_groups: int = 1,
 ) -> Tensor:
-    """Keep ``max(1, round(density * n))`` random groups; groups index the dims ``axis``."""
+    """Keep ``min(n, max(min_groups, round(density * n)))`` random groups of the ``n``;
+    groups index the dims ``axis``."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
     group_shape = [shape[d] if (d in axis or not axis) else 1 for d in range(len(shape))]
     n = math.prod(group_shape)
-    keep = min(n, max(1, round(density * n)))
+    keep = min(n, max(min_groups, round(density * n)))
     flat = torch.zeros(n, dtype=torch.bool)
     flat[torch.randperm(n, generator=generator)[:keep]] = True
     return flat.view(group_shape).expand(tuple(shape)).clone()

@@ -185,6 +185,33 @@ def test_sparse_init_gives_every_layer_a_unit_however_small_the_density():
     assert int((m[1].weight != 0).sum()) == 1 and int((m[4].weight != 0).sum()) == 5
 
 
+@pytest.mark.parametrize(("min_units", "widths"), [(2, (2, 5)), (4, (3, 5)), (600, (3, 500))])
+def test_sparse_init_min_units_sets_the_narrowest_start(min_units, widths):
+    # density 0.01: 3 channels -> max(min_units, 0), 500 -> max(min_units, 5), capped at n
+    m = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+        nn.Conv2d(3, 500, 3, padding=1), nn.BatchNorm2d(500), nn.ReLU(),
+        nn.Flatten(), nn.Linear(500 * 16, 2),
+    )  # fmt: skip
+    x = torch.randn(2, 1, 4, 4)
+    opt = ad.AdaBreg(coupled_param_groups(m, x, lam=0.1))
+    gen = torch.Generator().manual_seed(0)
+    ad.sparse_init_(m, 0.01, reg=opt, generator=gen, min_units=min_units)
+    assert (int((m[1].weight != 0).sum()), int((m[4].weight != 0).sum())) == widths
+    assert active_channels(m, ad.channel_groups(m, x))["0"] == widths[0]
+
+
+def test_sparse_init_min_units_for_row_groups_and_entries():
+    lin = nn.Linear(50, 40)
+    ad.sparse_init_(lin, 0.01, reg=ad.GroupL12(0.1), min_units=3)
+    assert int((lin.weight != 0).any(dim=1).sum()) == 3  # rows: max(3, round(0.4))
+    ad.sparse_init_(lin, 0.001, reg=ad.L1(0.1), min_units=7)
+    assert int((lin.weight != 0).sum()) == 7  # entries: max(7, round(2.0))
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="min_units"):
+            ad.sparse_init_(lin, 0.1, min_units=bad)
+
+
 def test_proximal_training_zeros_whole_channels_and_compile_removes_exactly_them():
     # proximal SGD from a dense start: the prox on BatchNorm scale and shift switches whole
     # channels off (network slimming, exactly), and compile removes exactly those

@@ -80,7 +80,8 @@ class TrainConfig:
             :func:`archdiscover.coupled_param_groups`: 10 to 100 let a BatchNorm scale that
             enters late reach its natural size under AdaBreg).
         init_density: fraction of weights / units kept by the sparse initialization
-            (1.0 = a dense Kaiming start).
+            (1.0 = a dense Kaiming start). ``init_min_units``: the fewest units (channels,
+            neurons) any layer starts with, ``>= 1`` (``sparse_init_``'s ``min_units``).
         bias_init: biases at the sparse initialization: ``zero``, ``keep`` (torch's
             default), ``positive`` (``U(0, 1/sqrt(fan_in))``, the paper's code: units with
             zero weights still output ``relu(b) > 0``, so their weights get a gradient and
@@ -118,6 +119,7 @@ class TrainConfig:
     linear_lam: float | None = None
     coupled_delta: float | None = None
     init_density: float = 0.01
+    init_min_units: int = 1
     bias_init: str = "auto"
     target_density: float | None = None
     lam_patience: int = 1
@@ -229,6 +231,7 @@ class TrainConfig:
         )
         need(self.blur_sigma > 0, f"blur_sigma must be > 0, got {self.blur_sigma}")
         need(0 < self.init_density <= 1, f"init_density must be in (0, 1], got {self.init_density}")
+        need(self.init_min_units >= 1, f"init_min_units must be >= 1, got {self.init_min_units}")
         need(
             self.bias_init in ("auto", *BIAS_INITS),
             f"bias_init must be one of {('auto', *BIAS_INITS)}, got {self.bias_init!r}",

@@ -283,7 +283,14 @@ def _train(
     count_units = unit_counter(model, cfg, xs[:2])
     if cfg.optimizer not in ("sgd", "adam"):
         gen = torch.Generator().manual_seed(cfg.seed)
-        sparse_init_(model, cfg.init_density, reg=opt, bias=cfg.resolved_bias_init, generator=gen)
+        sparse_init_(
+            model,
+            cfg.init_density,
+            reg=opt,
+            bias=cfg.resolved_bias_init,
+            generator=gen,
+            min_units=cfg.init_min_units,
+        )
     lr_sched = lr_scheduler(opt, cfg)
     lam_sched = (
         LamScheduler(opt, cfg.target_density, patience=cfg.lam_patience)

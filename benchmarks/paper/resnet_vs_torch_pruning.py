@@ -92,6 +92,7 @@ def bregman_config(
     optimizer: str = "linbreg",
     delta: float | None = None,
     lr: float | None = None,
+    min_units: int = 1,
 ) -> dict:
     cifar = dataset == "cifar10"
     return dict(
@@ -105,6 +106,7 @@ def bregman_config(
         coupled_delta=delta,
         lam=lam,
         init_density=init_density,
+        init_min_units=min_units,
         threads=1,
         epochs=epochs,
         batch_size=64,
@@ -240,8 +242,10 @@ def uniform_multiplier(target_params: int, base: dict) -> tuple[float, int]:
     return best
 
 
-def start_widths(model: nn.Module, example: torch.Tensor, density: float) -> dict[str, int]:
-    """The sparse start's active channels per layer: ``max(1, round(density * n))``."""
+def start_widths(
+    model: nn.Module, example: torch.Tensor, density: float, min_units: int = 1
+) -> dict[str, int]:
+    """The sparse start's active channels per layer: ``max(min_units, round(density * n))``."""
     from archdiscover.coupling import active_channels
 
     groups = ad.channel_groups(model, example)
@@ -252,7 +256,7 @@ def start_widths(model: nn.Module, example: torch.Tensor, density: float) -> dic
         layers[g.producers] = layers.get(g.producers, 0) + 1
     for prods, n in layers.items():
         for p in prods:
-            per_layer[p] = min(n, max(1, round(density * n)))
+            per_layer[p] = min(n, max(min_units, round(density * n)))
     return {k: per_layer.get(k, v) for k, v in full.items()}
 
 
@@ -272,10 +276,11 @@ def run(
     delta: float | None = None,
     lr: float | None = None,
     seeds: int = 1,
+    min_units: int = 1,
 ) -> dict:
     t_all = time.perf_counter()
     cfg = bregman_config(
-        width, epochs, init_density, lam, seed, dataset, data_dir, optimizer, delta, lr
+        width, epochs, init_density, lam, seed, dataset, data_dir, optimizer, delta, lr, min_units
     )
     split = load_split(TrainConfig.from_dict(cfg))
     example = split.test.tensors[0][:8]
@@ -311,7 +316,7 @@ def run(
         discovered = {k: v[1] for k, v in summary["widths"].items()}
         active_last = log[-1]["active_units"]
         supernet = build_model(TrainConfig.from_dict(cfg))
-        start = start_widths(supernet, example, init_density)
+        start = start_widths(supernet, example, init_density, min_units)
         growth = [start] + [r["active_units"] for r in log]
         target = summary["params_compact"]
 
@@ -511,6 +516,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--init-density", type=float, default=0.04)
+    ap.add_argument(
+        "--init-min-units",
+        type=int,
+        default=1,
+        help="the fewest channels a layer starts with (sparse_init_'s min_units)",
+    )
     ap.add_argument("--lam", type=float, default=0.06)
     ap.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adabreg")
     ap.add_argument("--lr", type=float, default=None, help="default: AdaBreg 2e-3, LinBreg 0.1")
@@ -553,6 +564,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.delta,
         args.lr,
         args.seeds,
+        args.init_min_units,
     )
     print(json.dumps(result, indent=2))
     return result
