@@ -37,18 +37,18 @@ def sparse_init_(
 ) -> nn.Module:
     r"""Re-initialize the weights of ``model``'s Linear/Conv/ConvTranspose layers sparsely.
 
-    Each weight ``W`` (fan-in ``n``) becomes ``M * N(0, gain^2 / (n * k))``, where the
-    mask ``M`` keeps ``max(min_units, round(density * n_groups))`` random groups (at most
-    all of them) of the regularizer
-    that acts on ``W``: single entries for :class:`~archdiscover.regularizers.L1`, rows /
-    channels / kernels for :class:`~archdiscover.regularizers.GroupL12`, and ``k`` is the
-    kept fraction of a unit's inputs: the kept fraction of ``W`` for entries and kernels (a
-    kept unit sums ``k * n`` terms, as in the paper), 1 for masks of whole rows or channels
-    (a kept unit sees all its inputs: scaling it by ``1 / density`` would blow its output
-    up by ``density ** -0.5``, which made LinBreg diverge in narrow MLPs). A weight whose
-    regularizer is :class:`~archdiscover.regularizers.Null` gets the dense Kaiming init
-    (density 1); a weight not covered at all (a mapping without its name, an optimizer
-    without it) is left untouched.
+    Each weight ``W`` (fan-in ``n``) becomes ``M * N(0, gain^2 / (n * k))``, where the mask
+    ``M`` keeps ``max(min_units, round(density * n_groups))`` random groups (at most all of
+    them) of the regularizer that acts on ``W``: single entries for
+    :class:`~archdiscover.regularizers.L1`, rows / channels / kernels for
+    :class:`~archdiscover.regularizers.GroupL12`, and ``k`` is the kept fraction of a unit's
+    inputs: the kept fraction of ``W`` for entries and kernels (a kept unit sums ``k * n``
+    terms, as in the paper), 1 for masks of whole rows or channels (a kept unit sees all its
+    inputs: scaling it by ``1 / density`` would blow its output up by ``density ** -0.5``,
+    which made LinBreg diverge in narrow MLPs). A weight whose regularizer is
+    :class:`~archdiscover.regularizers.Null` gets the dense Kaiming init (density 1); a
+    weight not covered at all (a mapping without its name, an optimizer without it) is left
+    untouched.
 
     Coupled channel groups (a :class:`~archdiscover.regularizers.CoupledGroupL12` param
     group, from :func:`archdiscover.coupled_param_groups`) are drawn *per layer*: the groups
@@ -140,7 +140,9 @@ def sparse_init_(
             elif r is None:
                 continue
             else:
-                mask = r.group_mask(w.shape, density, generator, min_units)
+                # a regularizer of the user's own may predate min_groups: pass it only if set
+                extra = () if min_units == 1 else (min_units,)
+                mask = r.group_mask(w.shape, density, generator, *extra)
             kept = _input_keep(module, mask)
             std = gain / math.sqrt(ops.fan_in(module) * kept)
             values = torch.randn(w.shape, generator=generator, dtype=w.dtype) * std

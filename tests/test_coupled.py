@@ -212,6 +212,18 @@ def test_sparse_init_min_units_for_row_groups_and_entries():
             ad.sparse_init_(lin, 0.1, min_units=bad)
 
 
+def test_sparse_init_keeps_working_with_a_users_older_group_mask():
+    class Mine(ad.L1):  # a group_mask written before min_groups existed
+        kind = "test_older_group_mask"  # its own kind: leaves "l1" registered to L1
+
+        def group_mask(self, shape, density, generator=None):
+            return torch.ones(shape, dtype=torch.bool).tril()
+
+    lin = nn.Linear(4, 4)
+    ad.sparse_init_(lin, 0.5, reg=Mine(0.1))
+    assert torch.equal(lin.weight != 0, torch.ones(4, 4, dtype=torch.bool).tril())
+
+
 def test_proximal_training_zeros_whole_channels_and_compile_removes_exactly_them():
     # proximal SGD from a dense start: the prox on BatchNorm scale and shift switches whole
     # channels off (network slimming, exactly), and compile removes exactly those
