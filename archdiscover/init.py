@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 
 from .graph import ops
 from .growth import enable_growth
-from .regularizers import L1, Regularizer
+from .regularizers import L1, Regularizer, kept_groups
 
 __all__ = ["BIAS_INITS", "sparse_init_"]
 
@@ -198,7 +198,7 @@ def _joint_masks(
         layers.setdefault(tuple(where[j]), []).append(j)
     keep = torch.zeros(n + 1, dtype=torch.bool)
     for members in layers.values():
-        k = min(len(members), max(min_units, round(density * len(members))))
+        k = kept_groups(len(members), density, min_units)
         pick = torch.randperm(len(members), generator=generator)[:k]
         keep[torch.tensor(members)[pick]] = True
     keep[n] = True

@@ -28,6 +28,7 @@ __all__ = [
     "Null",
     "Regularizer",
     "as_regularizer",
+    "kept_groups",
     "regularizer_from_dict",
 ]
 
@@ -438,6 +439,12 @@ def group_shrink(
     return x * scale if out is None else torch.mul(x, scale, out=out)
 
 
+def kept_groups(n: int, density: float, min_groups: int = 1) -> int:
+    """How many of ``n`` groups a sparse start keeps: ``min(n, max(min_groups, round(density
+    * n)))`` (the one rule of :func:`archdiscover.init.sparse_init_` and ``group_mask``)."""
+    return min(n, max(min_groups, round(density * n)))
+
+
 def _random_mask(
     shape: torch.Size,
     axis: tuple[int, ...],
@@ -451,7 +458,7 @@ def _random_mask(
         raise ValueError(f"density must be in (0, 1], got {density}")
     group_shape = [shape[d] if (d in axis or not axis) else 1 for d in range(len(shape))]
     n = math.prod(group_shape)
-    keep = min(n, max(min_groups, round(density * n)))
+    keep = kept_groups(n, density, min_groups)
     flat = torch.zeros(n, dtype=torch.bool)
     flat[torch.randperm(n, generator=generator)[:keep]] = True
     return flat.view(group_shape).expand(tuple(shape)).clone()

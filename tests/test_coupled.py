@@ -172,14 +172,19 @@ def test_sparse_init_keeps_the_requested_channels_in_every_layer(density, per_la
     }
 
 
-def test_sparse_init_gives_every_layer_a_unit_however_small_the_density():
-    # a layer of 3 channels next to one of 500: a global draw would give the small one 0
+def _narrow_and_wide():
+    """A Conv-BN-ReLU net with a 3-channel layer next to a 500-channel one, and an input."""
     m = nn.Sequential(
         nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
         nn.Conv2d(3, 500, 3, padding=1), nn.BatchNorm2d(500), nn.ReLU(),
         nn.Flatten(), nn.Linear(500 * 16, 2),
     )  # fmt: skip
-    x = torch.randn(2, 1, 4, 4)
+    return m, torch.randn(2, 1, 4, 4)
+
+
+def test_sparse_init_gives_every_layer_a_unit_however_small_the_density():
+    # a layer of 3 channels next to one of 500: a global draw would give the small one 0
+    m, x = _narrow_and_wide()
     opt = ad.AdaBreg(coupled_param_groups(m, x, lam=0.1))
     ad.sparse_init_(m, 0.01, reg=opt, generator=torch.Generator().manual_seed(0))
     assert int((m[1].weight != 0).sum()) == 1 and int((m[4].weight != 0).sum()) == 5
@@ -188,12 +193,7 @@ def test_sparse_init_gives_every_layer_a_unit_however_small_the_density():
 @pytest.mark.parametrize(("min_units", "widths"), [(2, (2, 5)), (4, (3, 5)), (600, (3, 500))])
 def test_sparse_init_min_units_sets_the_narrowest_start(min_units, widths):
     # density 0.01: 3 channels -> max(min_units, 0), 500 -> max(min_units, 5), capped at n
-    m = nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
-        nn.Conv2d(3, 500, 3, padding=1), nn.BatchNorm2d(500), nn.ReLU(),
-        nn.Flatten(), nn.Linear(500 * 16, 2),
-    )  # fmt: skip
-    x = torch.randn(2, 1, 4, 4)
+    m, x = _narrow_and_wide()
     opt = ad.AdaBreg(coupled_param_groups(m, x, lam=0.1))
     gen = torch.Generator().manual_seed(0)
     ad.sparse_init_(m, 0.01, reg=opt, generator=gen, min_units=min_units)

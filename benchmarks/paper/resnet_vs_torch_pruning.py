@@ -247,6 +247,7 @@ def start_widths(
 ) -> dict[str, int]:
     """The sparse start's active channels per layer: ``max(min_units, round(density * n))``."""
     from archdiscover.coupling import active_channels
+    from archdiscover.regularizers import kept_groups
 
     groups = ad.channel_groups(model, example)
     full = active_channels(model, [])  # every channel counted
@@ -256,7 +257,7 @@ def start_widths(
         layers[g.producers] = layers.get(g.producers, 0) + 1
     for prods, n in layers.items():
         for p in prods:
-            per_layer[p] = min(n, max(min_units, round(density * n)))
+            per_layer[p] = kept_groups(n, density, min_units)
     return {k: per_layer.get(k, v) for k, v in full.items()}
 
 
